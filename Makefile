@@ -1,0 +1,41 @@
+# feedrank: `make demo` and `make test` work on a fresh machine (they install first).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO   := build/demo
+
+.PHONY: install demo test bench lint clean help
+
+help:
+	@echo "make demo    install, then simulate a marketplace and show the result"
+	@echo "make test    install, then run the test suite"
+	@echo "make bench   install, then run the benchmarks (figures printed and written to build/bench/*.json)"
+	@echo "make lint    ruff, and mypy on the public packages"
+
+install: $(STAMP)
+
+# Re-installs only when the dependency pins change; a no-op otherwise.
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/feedrank simulate --out $(DEMO)/logs
+	@echo
+	@echo "logs (Parquet, one folder per contract table): $(DEMO)/logs"
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/bench_simulator.py --impressions 10000000 --out build/bench/simulator.json
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy features infra experiments
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache .mypy_cache
