@@ -101,8 +101,6 @@ class TableSpec:
         raise KeyError(f"table {self.name} has no column {name!r}")
 
 
-_RATIO = {"min_value": 0.0, "max_value": 1.0}
-
 TABLES: dict[str, TableSpec] = {
     "sellers": TableSpec(
         name="sellers",
@@ -135,7 +133,7 @@ TABLES: dict[str, TableSpec] = {
             Column("price", "float64", min_value=0.0, min_exclusive=True),
             Column("list_price", "float64", required=False, min_value=0.0, min_exclusive=True),
             # Null where the marketplace does not share margins; the scorer then ranks by GMV.
-            Column("margin_rate", "float64", required=False, **_RATIO),
+            Column("margin_rate", "float64", required=False, min_value=0.0, max_value=1.0),
             Column("created_ts", "timestamp"),
             Column("in_stock", "bool"),
             Column("stock_qty", "int64", required=False, min_value=0),

@@ -90,12 +90,12 @@ class _Problems:
     def reasons(self) -> np.ndarray:
         out = np.empty(self.n, dtype=object)
         rows = np.flatnonzero(self.any)
-        parts: dict[int, list[str]] = {int(r): [] for r in rows}
+        parts: dict[int, list[str]] = {int(r): [] for r in rows.tolist()}
         for mask, reason in self._found:
-            for r in np.flatnonzero(mask):
-                parts[int(r)].append(reason)
-        for r, p in parts.items():
-            out[r] = "; ".join(p)
+            for r in np.flatnonzero(mask).tolist():
+                parts[r].append(reason)
+        for row, found in parts.items():
+            out[row] = "; ".join(found)
         return out
 
 

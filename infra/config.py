@@ -73,7 +73,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return None
         inner = [a for a in options if a is not type(None)]
         return _coerce(value, inner[0], key)
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return _build(annotation, value, key)
