@@ -13,7 +13,7 @@ help:
 	@echo "make bench   install, then run the benchmarks (figures printed and written to build/bench/*.json)"
 	@echo "make lint    ruff, and mypy on the public packages"
 
-install: $(STAMP)
+install: $(STAMP) serving/proto_gen/feedrank_pb2.py
 
 # Re-installs only when the dependency pins change; a no-op otherwise.
 $(STAMP): pyproject.toml requirements.lock
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
 	@touch $(STAMP)
+
+# gRPC stubs are build output (grpcio-tools), regenerated when the .proto changes.
+serving/proto_gen/feedrank_pb2.py: serving/proto/feedrank.proto $(STAMP)
+	$(PY) -m serving.codegen
 
 demo: install
 	$(VENV)/bin/feedrank simulate --out $(DEMO)/logs

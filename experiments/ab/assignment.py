@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,10 +9,11 @@ import numpy as np
 from scipy import stats
 
 from experiments.ab._checks import fail, integer, open_unit, real
+from serving.routing import MAX_SALT_BYTES, hash_unit
 
 __all__ = ["SampleRatioResult", "assign_arm", "sample_ratio_mismatch"]
 
-_MAX_KEY_BYTES = 64  # blake2b key limit
+_MAX_KEY_BYTES = MAX_SALT_BYTES
 
 
 def assign_arm(user_ids: Any, salt: str, treatment_share: float) -> np.ndarray:
@@ -61,18 +61,9 @@ def assign_arm(user_ids: Any, salt: str, treatment_share: float) -> np.ndarray:
     ids = np.asarray(user_ids)
     if ids.ndim != 1:
         raise fail("user_ids", "a 1-D array", f"shape {ids.shape}")
-    top53 = np.fromiter(
-        (
-            int.from_bytes(
-                hashlib.blake2b(str(uid).encode("utf-8"), key=key, digest_size=8).digest(), "big"
-            )
-            >> 11
-            for uid in ids.tolist()
-        ),
-        dtype=np.uint64,
-        count=ids.size,
-    )
-    return top53.astype(np.float64) / 2.0**53 < share
+    # The same hash as serving's canary router, so analysis reproduces serving's split.
+    units = np.fromiter((hash_unit(uid, key) for uid in ids.tolist()), dtype=np.float64, count=ids.size)
+    return units < share
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,184 @@
+"""Asynchronous impression log: every served impression, to rolling Parquet files (and Kafka).
+
+The request path only enqueues (``log`` never blocks and never raises); a background thread
+batches rows and writes them as Parquet part files under ``<out_dir>/impressions/``, rotating
+by row count and age, each file written under a temporary name and renamed when complete.
+The files follow the event-log contract's ``impressions`` table (plus ``arm``, ``score`` and
+``request_key``, which the ETL ignores), so the next training run reads them as they are.
+
+A publisher callable (e.g. a Kafka producer) may also receive every batch; its failures are
+counted and logged, never propagated to requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.contract import arrow_schema
+
+__all__ = ["ImpressionBatch", "ImpressionLog", "LOG_SCHEMA", "stable_id"]
+
+logger = logging.getLogger(__name__)
+
+LOG_SCHEMA = pa.schema(list(arrow_schema("impressions")) + [
+    pa.field("arm", pa.string()), pa.field("score", pa.float64()), pa.field("request_key", pa.string())])
+
+
+def stable_id(*parts: object) -> int:
+    """A non-negative int64 from a blake2b hash of the parts (ids for string request keys)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+@dataclass(frozen=True)
+class ImpressionBatch:
+    """The impressions of one served feed."""
+
+    request_key: str
+    ts_us: int
+    user_id: int
+    item_ids: np.ndarray
+    propensity: np.ndarray
+    scores: np.ndarray
+    policy: str
+    arm: str
+    randomized: bool
+    device: str | None
+
+    def to_arrow(self) -> pa.Table:
+        n = len(self.item_ids)
+        request_id = stable_id(self.request_key)
+        positions = np.arange(n, dtype=np.int32)
+        return pa.Table.from_arrays([
+            pa.array([stable_id(self.request_key, p) for p in range(n)], pa.int64()),
+            pa.array(np.full(n, request_id, dtype=np.int64)),
+            pa.array(np.full(n, self.ts_us, dtype=np.int64), pa.timestamp("us", tz="UTC")),
+            pa.array(np.full(n, self.user_id, dtype=np.int64)),
+            pa.array(np.asarray(self.item_ids, dtype=np.int64)),
+            pa.array(positions),
+            pa.array([self.policy] * n, pa.string()),
+            pa.array(np.full(n, self.randomized)),
+            pa.array(np.asarray(self.propensity, dtype=np.float64)),
+            pa.array([self.device] * n, pa.string()),
+            pa.array([self.arm] * n, pa.string()),
+            pa.array(np.asarray(self.scores, dtype=np.float64)),
+            pa.array([self.request_key] * n, pa.string()),
+        ], schema=LOG_SCHEMA)
+
+
+class ImpressionLog:
+    """Background writer of :class:`ImpressionBatch` rows.
+
+    Parameters
+    ----------
+    out_dir : path
+        Part files go to ``<out_dir>/impressions/``.
+    rotate_rows : int
+        Start a new file after this many rows...
+    rotate_seconds : float
+        ...or when the oldest buffered row is this old.
+    queue_size : int
+        Batches waiting to be written; when full, new batches are dropped and counted
+        (the response is never slowed down).
+    publisher : callable, optional
+        Called with each Arrow batch (e.g. to publish to Kafka).
+    """
+
+    def __init__(self, out_dir: str | Path, *, rotate_rows: int = 50_000, rotate_seconds: float = 30.0,
+                 queue_size: int = 10_000, publisher: Callable[[pa.Table], None] | None = None) -> None:
+        self.out_dir = Path(out_dir) / "impressions"
+        self.rotate_rows = rotate_rows
+        self.rotate_seconds = rotate_seconds
+        self.publisher = publisher
+        self._queue: queue.Queue[ImpressionBatch | None] = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.rows_written = 0
+        self.batches_dropped = 0
+        self.publish_errors = 0
+        self.files_written = 0
+
+    def start(self) -> ImpressionLog:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="impression-log", daemon=True)
+        self._thread.start()
+        return self
+
+    def log(self, batch: ImpressionBatch) -> bool:
+        """Enqueue a batch; False (and counted) when the queue is full or the log is closed."""
+        if self._thread is None:
+            with self._lock:
+                self.batches_dropped += 1
+            return False
+        try:
+            self._queue.put_nowait(batch)
+            return True
+        except queue.Full:
+            with self._lock:
+                self.batches_dropped += 1
+            return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush everything queued, write the last file and stop the thread."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        buffer: list[pa.Table] = []
+        rows, oldest = 0, None
+        while True:
+            timeout = None if oldest is None else max(0.0, self.rotate_seconds - (time.monotonic() - oldest))
+            try:
+                batch = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                batch = ...  # rotation deadline reached
+            if batch is None:
+                self._flush(buffer)
+                return
+            if batch is not ...:
+                table = batch.to_arrow()
+                self._publish(table)
+                buffer.append(table)
+                rows += table.num_rows
+                oldest = oldest if oldest is not None else time.monotonic()
+            if buffer and (rows >= self.rotate_rows or time.monotonic() - (oldest or 0) >= self.rotate_seconds):
+                self._flush(buffer)
+                buffer, rows, oldest = [], 0, None
+
+    def _publish(self, table: pa.Table) -> None:
+        if self.publisher is None:
+            return
+        try:
+            self.publisher(table)
+        except Exception:  # a failing publisher must never break logging or serving
+            self.publish_errors += 1
+            logger.warning("impression publisher failed (%d so far)", self.publish_errors, exc_info=True)
+
+    def _flush(self, buffer: list[pa.Table]) -> None:
+        if not buffer:
+            return
+        table = pa.concat_tables(buffer)
+        name = f"part-{time.time_ns()}-{self.files_written:06d}.parquet"
+        tmp = self.out_dir / f".{name}.tmp"
+        try:
+            pq.write_table(table, tmp)
+            tmp.rename(self.out_dir / name)
+        except OSError:
+            logger.exception("could not write impression log file %s; %d rows lost", name, table.num_rows)
+            return
+        self.files_written += 1
+        self.rows_written += table.num_rows
