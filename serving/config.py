@@ -1,0 +1,73 @@
+"""Configuration of the serving process (the ``serving`` section)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from features.config import check
+from serving.exploration import ExplorationConfig
+from serving.rerank import RerankConfig
+
+__all__ = ["LimitsConfig", "ServingConfig"]
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """What a RankFeed request may ask for; anything outside is INVALID_ARGUMENT."""
+
+    max_k: int = 200
+    default_candidate_count: int = 500
+    max_candidates: int = 2000
+    max_excluded: int = 1000
+    max_id_chars: int = 128
+    max_message_bytes: int = 4 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        check(self.max_k >= 1, "max_k", ">= 1", self.max_k)
+        check(self.max_k <= self.max_candidates, "max_candidates", f">= max_k ({self.max_k})", self.max_candidates)
+        check(1 <= self.default_candidate_count <= self.max_candidates, "default_candidate_count",
+              f"in [1, max_candidates={self.max_candidates}]", self.default_candidate_count)
+        check(self.max_excluded >= 0, "max_excluded", ">= 0", self.max_excluded)
+        check(self.max_id_chars >= 1, "max_id_chars", ">= 1", self.max_id_chars)
+        check(self.max_message_bytes >= 1024, "max_message_bytes", ">= 1024", self.max_message_bytes)
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """The ``serving`` section.
+
+    Parameters
+    ----------
+    host, port : where the gRPC server listens (port 0 picks a free one).
+    max_workers : threads answering requests.
+    grace_seconds : how long shutdown waits for in-flight calls.
+    metrics_port : Prometheus HTTP port on ``host`` (0 disables).
+    admin_token_env : environment variable holding the bearer token admin calls need
+        (unset or empty: admin calls are open, which is only sensible on loopback).
+    tls_cert_file, tls_key_file : PEM files; both set switches the port to TLS.
+    impression_log_dir : where served impressions are logged ("" disables).
+    rollout_salt : salt of the user hash that assigns arms.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    max_workers: int = 8
+    grace_seconds: float = 5.0
+    metrics_port: int = 0
+    admin_token_env: str = "FEEDRANK_ADMIN_TOKEN"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    impression_log_dir: str = ""
+    rollout_salt: str = "feedrank-rollout"
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+
+    def __post_init__(self) -> None:
+        check(0 <= self.port <= 65535, "port", "in [0, 65535]", self.port)
+        check(0 <= self.metrics_port <= 65535, "metrics_port", "in [0, 65535]", self.metrics_port)
+        check(self.max_workers >= 1, "max_workers", ">= 1", self.max_workers)
+        check(self.grace_seconds >= 0, "grace_seconds", ">= 0", self.grace_seconds)
+        check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_key_file",
+              "set together with tls_cert_file", self.tls_key_file)
+        check(len(self.rollout_salt.encode()) in range(1, 65), "rollout_salt", "1-64 bytes", self.rollout_salt)

@@ -1,0 +1,114 @@
+"""The request pipeline: candidates -> scores -> re-ranking -> exploration -> impression log.
+
+:class:`PipelineBase` owns the stages every arm shares; subclasses say where candidates and
+scores come from. :class:`PopularityPipeline` ranks the snapshot's most popular items: it is
+the defined behaviour when no model can be loaded at all (DESIGN.md: model missing ->
+previous version, and with no version at all, popularity).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.errors import DeadlineExceeded
+from serving.exploration import ExplorationConfig, explore
+from serving.impression_log import ImpressionBatch, ImpressionLog, stable_id
+from serving.metrics import StageTimer
+from serving.requests import FeedRequest
+from serving.rerank import Candidates, Reranker
+from serving.router import FeedItem, FeedResult, ModelVersions
+from serving.snapshot import ItemSnapshot
+
+__all__ = ["PipelineBase", "PopularityPipeline", "Scored"]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Scores of candidate rows (all arrays shape (N,))."""
+
+    rows: np.ndarray
+    score: np.ndarray
+    p_purchase: np.ndarray
+    expected_gmv: np.ndarray
+    fallbacks: tuple[str, ...] = ()
+
+
+def _check_deadline(deadline: float | None, stage: str) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlineExceeded(f"deadline passed before {stage}")
+
+
+class PipelineBase(ABC):
+    """Shared stages of an arm's pipeline.
+
+    Parameters
+    ----------
+    snapshot : ItemSnapshot
+    reranker : Reranker
+    exploration : ExplorationConfig
+    versions : ModelVersions
+    impression_log : ImpressionLog, optional
+    """
+
+    def __init__(self, *, snapshot: ItemSnapshot, reranker: Reranker, exploration: ExplorationConfig,
+                 versions: ModelVersions, impression_log: ImpressionLog | None = None) -> None:
+        self.snapshot = snapshot
+        self.reranker = reranker
+        self.exploration = exploration
+        self.versions = versions
+        self.impression_log = impression_log
+
+    def snapshot_info(self) -> tuple[int, str]:
+        return len(self.snapshot), self.snapshot.loaded_at
+
+    @abstractmethod
+    def _score(self, request: FeedRequest, timer: StageTimer, deadline: float | None) -> Scored:
+        """Retrieve candidates for ``request`` and score them (stages ``retrieve``, ``features``, ``score``)."""
+
+    def _purchased(self, request: FeedRequest) -> np.ndarray | None:
+        """Items the user already bought (filtered out); None when unknown."""
+        return None
+
+    def rank(self, request: FeedRequest, *, arm: str, timer: StageTimer, deadline: float | None) -> FeedResult:
+        scored = self._score(request, timer, deadline)
+        _check_deadline(deadline, "re-ranking")
+        snap = self.snapshot
+        with timer.stage("rerank"):
+            rows = scored.rows
+            cands = Candidates(item_ids=snap.item_ids[rows], scores=scored.score, seller_ids=snap.seller_ids[rows],
+                               category_ids=snap.category_ids[rows], is_new_seller=snap.is_new_seller[rows],
+                               in_stock=snap.in_stock[rows])
+            result = self.reranker.rerank(cands, request.k, purchased=self._purchased(request),
+                                          excluded=request.exclude_item_ids)
+            rng = np.random.default_rng(stable_id(request.request_id))
+            exp = explore(len(result.order), self.exploration, rng)
+            order = result.order[exp.order]
+            reasons = [result.reasons[i] + (["exploration"] if exp.randomized and i != s else [])
+                       for s, i in enumerate(exp.order)]
+        items = [FeedItem(item_id=int(cands.item_ids[i]), score=float(scored.score[i]),
+                          p_purchase=float(scored.p_purchase[i]), expected_gmv=float(scored.expected_gmv[i]),
+                          seller_id=int(cands.seller_ids[i]), category_id=int(cands.category_ids[i]),
+                          reasons=tuple(r), propensity=float(p))
+                 for i, r, p in zip(order.tolist(), reasons, exp.propensity.tolist(), strict=True)]
+        if self.impression_log is not None and items:
+            self.impression_log.log(ImpressionBatch(
+                request_key=request.request_id, ts_us=request.ts_us, user_id=request.user_id,
+                item_ids=cands.item_ids[order], propensity=exp.propensity, scores=scored.score[order],
+                policy=self.versions.ranker, arm=arm, randomized=exp.randomized, device=request.device))
+        return FeedResult(items=items, randomized=exp.randomized, fallbacks=scored.fallbacks)
+
+
+class PopularityPipeline(PipelineBase):
+    """Most popular in-stock items; p_purchase and expected GMV are 0 (no purchase model here)."""
+
+    def _score(self, request: FeedRequest, timer: StageTimer, deadline: float | None) -> Scored:
+        _check_deadline(deadline, "retrieval")
+        with timer.stage("retrieve"):
+            rows = self.snapshot.popular_rows(request.candidate_count)
+        pop = self.snapshot.popularity[rows]
+        zeros = np.zeros(len(rows))
+        return Scored(rows=rows, score=pop, p_purchase=zeros, expected_gmv=zeros, fallbacks=("popularity",))

@@ -1,0 +1,102 @@
+"""Champion/challenger routing with hot reload that never fails an in-flight request.
+
+The router holds one immutable :class:`RouterState` (both arms' pipelines, the challenger's
+traffic share and the salt). A request reads the state reference once and uses that
+snapshot to the end; a reload builds the new pipelines first, off the request path, and
+then replaces the reference in one assignment. Old pipelines stay alive for requests that
+still hold them and are garbage-collected afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from serving.metrics import StageTimer
+from serving.requests import FeedRequest
+from serving.routing import CHALLENGER, CHAMPION, arm_for
+
+__all__ = ["FeedItem", "FeedPipeline", "FeedResult", "ModelVersions", "Router", "RouterState"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelVersions:
+    retrieval: str
+    ranker: str
+    purchase_model: str
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    item_id: int
+    score: float
+    p_purchase: float
+    expected_gmv: float
+    seller_id: int
+    category_id: int
+    reasons: tuple[str, ...]
+    propensity: float
+
+
+@dataclass(frozen=True)
+class FeedResult:
+    items: list[FeedItem]
+    randomized: bool
+    fallbacks: tuple[str, ...]
+
+
+class FeedPipeline(Protocol):
+    """One arm's models composed into a feed: retrieve, assemble features, score, re-rank."""
+
+    versions: ModelVersions
+
+    def rank(self, request: FeedRequest, *, arm: str, timer: StageTimer, deadline: float | None) -> FeedResult:
+        """Rank a feed for ``request``; ``deadline`` is a ``time.monotonic()`` instant or None."""
+        ...
+
+
+@dataclass(frozen=True)
+class RouterState:
+    champion: FeedPipeline
+    challenger: FeedPipeline | None
+    challenger_share: float
+    salt: str
+
+
+class Router:
+    """Picks each user's arm and pipeline; ``reload()`` swaps in a new state atomically.
+
+    Parameters
+    ----------
+    loader : callable returning RouterState
+        Builds the state (loads models from the registry, reads the rollout share).
+    """
+
+    def __init__(self, loader: Callable[[], RouterState]) -> None:
+        self._loader = loader
+        self._reload_lock = threading.Lock()
+        self._state = loader()
+
+    @property
+    def state(self) -> RouterState:
+        return self._state
+
+    def pick(self, user_id: int) -> tuple[str, FeedPipeline]:
+        state = self._state  # one read: the request keeps this snapshot whatever reloads happen
+        if state.challenger is not None and arm_for(user_id, state.salt, state.challenger_share) == CHALLENGER:
+            return CHALLENGER, state.challenger
+        return CHAMPION, state.champion
+
+    def reload(self) -> RouterState:
+        """Build a new state with the loader and swap it in; on failure keep the current one and re-raise."""
+        with self._reload_lock:
+            new = self._loader()
+            self._state = new
+            logger.info("router reloaded: champion %s, challenger %s at %.0f%%", new.champion.versions,
+                        new.challenger.versions if new.challenger else None, 100 * new.challenger_share)
+            return new
