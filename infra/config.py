@@ -23,6 +23,7 @@ import yaml
 
 from experiments.config import ExperimentsConfig
 from features.config import ConfigValueError, FeaturesConfig, check
+from serving.config import ServingConfig
 
 __all__ = ["ConfigError", "FeedrankConfig", "InfraConfig", "DEFAULTS_PATH", "ENV_PREFIX", "load_config"]
 
@@ -52,6 +53,7 @@ class FeedrankConfig:
 
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     infra: InfraConfig = field(default_factory=InfraConfig)
 
 
