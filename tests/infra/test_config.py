@@ -41,3 +41,29 @@ def test_bad_file(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping of sections"):
         load_config(bad, env={})
+
+
+def test_defaults_yaml_spells_out_every_dataclass_default():
+    """infra/defaults.yaml lists every key, with the value the dataclasses default to: they cannot drift."""
+    import dataclasses
+
+    import yaml
+
+    from infra.config import DEFAULTS_PATH
+
+    assert load_config(env={}) == FeedrankConfig()
+
+    def keys(obj, prefix=""):
+        out = set()
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            out |= keys(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else {prefix + f.name}
+        return out
+
+    def yaml_keys(node, prefix=""):
+        out = set()
+        for k, v in node.items():
+            out |= yaml_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k}
+        return out
+
+    assert yaml_keys(yaml.safe_load(DEFAULTS_PATH.read_text())) == keys(FeedrankConfig())
