@@ -23,9 +23,11 @@ import yaml
 
 from experiments.config import ExperimentsConfig
 from features.config import ConfigValueError, FeaturesConfig, check
+from infra.release_config import RegistryConfig, RolloutConfig
 from serving.config import ServingConfig
 
-__all__ = ["ConfigError", "FeedrankConfig", "InfraConfig", "DEFAULTS_PATH", "ENV_PREFIX", "load_config"]
+__all__ = ["ConfigError", "FeedrankConfig", "InfraConfig", "RegistryConfig", "RolloutConfig", "DEFAULTS_PATH",
+           "ENV_PREFIX", "load_config"]
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 ENV_PREFIX = "FEEDRANK_"
@@ -37,10 +39,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class InfraConfig:
-    """The ``infra`` section: where data goes and how much the CLI logs."""
+    """The ``infra`` section: where data goes, how much the CLI logs, the registry and the rollout."""
 
     data_dir: str = "data"
     log_level: str = "INFO"
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
 
     def __post_init__(self) -> None:
         check(self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level",
