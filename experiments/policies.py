@@ -1,0 +1,454 @@
+"""Ranking policies that face the simulated buyers, and the logged history they learn from.
+
+A :class:`RankingPolicy` is anything with a ``name`` and a ``serve(requests, available, rng)``
+method returning item ids by position. Two baselines ship here:
+
+- :class:`PopularityPolicy` -- the same feed for everybody: the most popular available items.
+- :class:`HistoryAffinityPolicy` -- personalised from logged history: the buyer's category
+  affinities (from their events before the experiment) times each item's popularity share
+  within its category.
+
+Policies never see the simulator's latent truth (tastes, quality); what they know comes from
+logs (:class:`LogHistory`) or, for :meth:`PopularityPolicy.from_simulator`, from the incumbent
+logging policy's own popularity score.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from features.contract import EVENT_TYPES
+
+if TYPE_CHECKING:
+    from experiments.simulator import MarketplaceSimulator, Requests
+
+__all__ = [
+    "DEFAULT_EVENT_WEIGHTS",
+    "HistoryAffinityPolicy",
+    "LogHistory",
+    "PopularityPolicy",
+    "RankingPolicy",
+]
+
+# How much one event says about interest: a purchase more than a cart, a cart more than a click.
+DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = {"click": 1.0, "add_to_cart": 2.0, "purchase": 4.0}
+# Requests scored at once by HistoryAffinityPolicy (bounds its memory to ~rows x categories x K).
+_SERVE_BLOCK = 2048
+
+
+@runtime_checkable
+class RankingPolicy(Protocol):
+    """A ranking policy: turns a batch of feed requests into ranked feeds.
+
+    Attributes
+    ----------
+    name : str
+        Logged in ``impressions.policy`` (a model version).
+    """
+
+    name: str
+
+    def serve(self, requests: Requests, available: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Rank items for each request.
+
+        Parameters
+        ----------
+        requests : experiments.simulator.Requests
+            ``R`` feed requests (user, time, device).
+        available : ndarray of bool, shape (n_items,)
+            Items that may be shown (listed and in stock), indexed by item id.
+        rng : numpy.random.Generator
+            Randomness for stochastic policies (deterministic ones ignore it).
+
+        Returns
+        -------
+        ndarray of int64, shape (R, K)
+            Item ids by 0-based position; ``-1`` marks an empty slot.
+        """
+        ...
+
+
+def _check_feed_length(feed_length: int) -> None:
+    if isinstance(feed_length, bool) or not isinstance(feed_length, (int, np.integer)):
+        raise TypeError(f"feed_length must be an int, got {type(feed_length).__name__}")
+    if not 1 <= feed_length <= 255:
+        raise ValueError(f"feed_length must be in [1, 255], got {feed_length}")
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+
+
+def _check_available(available: np.ndarray, n_items: int) -> np.ndarray:
+    mask = np.asarray(available)
+    if mask.dtype != np.bool_ or mask.shape != (n_items,):
+        raise ValueError(f"available must be a bool array of shape ({n_items},), got {mask.dtype} {mask.shape}")
+    return mask
+
+
+# ------------------------------------------------------------------------------ history
+
+
+@dataclass(frozen=True, eq=False)
+class LogHistory:
+    """Logged behaviour a policy may learn from: events and the item catalog.
+
+    Attributes
+    ----------
+    events : pandas.DataFrame
+        Contract ``events`` rows (at least ``user_id, item_id, type``); organic events
+        (null ``impression_id``) count as history too.
+    items : pandas.DataFrame
+        Contract ``items`` rows (at least ``item_id, category_id``); item ids must be
+        ``0 .. n_items - 1`` (dense), as the ``available`` masks of :class:`RankingPolicy` are.
+    """
+
+    events: pd.DataFrame
+    items: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        for arg, frame, cols in (("events", self.events, ("user_id", "item_id", "type")),
+                                 ("items", self.items, ("item_id", "category_id"))):
+            if not isinstance(frame, pd.DataFrame):
+                raise TypeError(f"{arg} must be a pandas DataFrame, got {type(frame).__name__}")
+            missing = [c for c in cols if c not in frame.columns]
+            if missing:
+                raise ValueError(f"{arg} must have columns {list(cols)}, missing {missing}")
+        ids = self.items["item_id"].to_numpy()
+        if len(ids) == 0 or not np.array_equal(np.sort(ids), np.arange(len(ids))):
+            raise ValueError(f"items.item_id must be the dense ids 0..n_items-1, got {len(ids)} rows "
+                             f"with ids in [{ids.min() if len(ids) else None}, {ids.max() if len(ids) else None}]")
+        unknown = ~self.events["type"].isin(EVENT_TYPES)
+        if unknown.any():
+            raise ValueError(f"events.type must be one of {list(EVENT_TYPES)}, "
+                             f"got {sorted(self.events.loc[unknown, 'type'].unique())[:5]}")
+        bad_items = (self.events["item_id"] < 0) | (self.events["item_id"] >= len(ids))
+        if bad_items.any():
+            raise ValueError(f"events.item_id must be in [0, {len(ids)}), got {int(bad_items.sum())} rows outside")
+
+    @property
+    def n_items(self) -> int:
+        """Catalog size."""
+        return len(self.items)
+
+    @property
+    def item_category(self) -> np.ndarray:
+        """Category id of each item, indexed by item id (int64, shape (n_items,))."""
+        out = np.empty(self.n_items, dtype=np.int64)
+        out[self.items["item_id"].to_numpy()] = self.items["category_id"].to_numpy()
+        return out
+
+    @classmethod
+    def from_logs(cls, log_dir: str | os.PathLike[str], *, before: pd.Timestamp | None = None) -> LogHistory:
+        """Read the events (strictly before ``before`` when given) and items under ``log_dir``.
+
+        Parameters
+        ----------
+        log_dir : path
+            A folder with the contract tables ``events/`` and ``items/`` (Parquet).
+        before : pandas.Timestamp, optional
+            Keep only events with ``ts < before`` (tz-aware UTC, or naive meaning UTC).
+
+        Raises
+        ------
+        FileNotFoundError
+            If a table folder is missing.
+        """
+        root = Path(log_dir)
+        for table in ("events", "items"):
+            if not (root / table).is_dir():
+                raise FileNotFoundError(f"{root / table} not found: log_dir must hold contract tables")
+        events = ds.dataset(root / "events", format="parquet")
+        filt = None
+        if before is not None:
+            ts = pd.Timestamp(before)
+            ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+            filt = pc.field("ts") < ts.to_pydatetime()
+        ev = events.to_table(columns=["ts", "user_id", "item_id", "type", "impression_id", "quantity",
+                                      "price_paid"], filter=filt).to_pandas()
+        items = ds.dataset(root / "items", format="parquet").to_table(
+            columns=["item_id", "seller_id", "category_id", "price", "created_ts"]).to_pandas()
+        return cls(events=ev, items=items)
+
+    def weighted_counts(self, key: str, weights: Mapping[str, float]) -> pd.Series:
+        """Sum of event weights per value of ``key`` (``"item_id"`` or ``"user_id"``)."""
+        w = self.events["type"].map(dict(weights)).fillna(0.0).astype(np.float64)
+        return w.groupby(self.events[key].to_numpy()).sum()
+
+
+def _check_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    if not isinstance(weights, Mapping):
+        raise TypeError(f"event_weights must be a mapping of event type to weight, got {type(weights).__name__}")
+    out = {}
+    for k, v in weights.items():
+        if k not in EVENT_TYPES:
+            raise ValueError(f"event_weights keys must be event types {list(EVENT_TYPES)}, got {k!r}")
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"event_weights[{k!r}] must be a finite number >= 0, got {v}")
+        out[k] = float(v)
+    if not any(out.values()):
+        raise ValueError("event_weights must give at least one event type a positive weight")
+    return out
+
+
+# ------------------------------------------------------------------------------ popularity
+
+
+@dataclass(frozen=True, eq=False)
+class PopularityPolicy:
+    """Non-personalised: every request gets the ``feed_length`` available items of highest score.
+
+    Ties are broken by lower item id, so the policy is deterministic (``rng`` is unused).
+
+    Parameters
+    ----------
+    item_score : ndarray of float, shape (n_items,)
+        Popularity of each item (any monotone scale; log-popularity by convention), finite.
+    feed_length : int, default=20
+        Items per feed, in [1, 255].
+    name : str, default="popularity-v1"
+        Policy name for the logs.
+    """
+
+    item_score: np.ndarray
+    feed_length: int = 20
+    name: str = "popularity-v1"
+
+    def __post_init__(self) -> None:
+        score = np.asarray(self.item_score, dtype=np.float64)
+        if score.ndim != 1 or score.size == 0 or not np.all(np.isfinite(score)):
+            raise ValueError(f"item_score must be a non-empty finite 1-D array, got shape {score.shape}")
+        object.__setattr__(self, "item_score", score)
+        _check_feed_length(self.feed_length)
+        _check_name(self.name)
+
+    @classmethod
+    def from_simulator(cls, simulator: MarketplaceSimulator, *, feed_length: int | None = None,
+                       name: str = "popularity-v1") -> PopularityPolicy:
+        """The simulator's logging policy without its noise and exploration.
+
+        Ranks by ``world.item_log_popularity``, the incumbent's historical-sales score (what
+        the logging policy knows; it correlates with, but is not, the buyers' truth).
+        ``feed_length`` defaults to the simulator's.
+        """
+        length = simulator.config.feed_length if feed_length is None else feed_length
+        return cls(item_score=simulator.world.item_log_popularity, feed_length=length, name=name)
+
+    @classmethod
+    def from_history(cls, history: LogHistory, *, feed_length: int = 20, name: str = "popularity-logs-v1",
+                     event_weights: Mapping[str, float] = DEFAULT_EVENT_WEIGHTS,
+                     prior: float = 1.0) -> PopularityPolicy:
+        """Popularity from logged counts: ``score_i = log(prior + sum of event weights on item i)``.
+
+        Parameters
+        ----------
+        history : LogHistory
+        feed_length : int, default=20
+        name : str, default="popularity-logs-v1"
+        event_weights : mapping of event type to weight, default click 1, add_to_cart 2, purchase 4
+        prior : float, default=1.0
+            Pseudo-count every item starts with, ``> 0`` (items never seen score ``log(prior)``).
+        """
+        if not isinstance(history, LogHistory):
+            raise TypeError(f"history must be a LogHistory, got {type(history).__name__}")
+        weights = _check_weights(event_weights)
+        if not np.isfinite(prior) or prior <= 0:
+            raise ValueError(f"prior must be a finite number > 0, got {prior}")
+        counts = np.zeros(history.n_items)
+        per_item = history.weighted_counts("item_id", weights)
+        counts[per_item.index.to_numpy(dtype=np.int64)] = per_item.to_numpy()
+        return cls(item_score=np.log(prior + counts), feed_length=feed_length, name=name)
+
+    def serve(self, requests: Requests, available: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The same top ``feed_length`` available items for every request (see :class:`RankingPolicy`)."""
+        mask = _check_available(available, self.item_score.size)
+        feed = self._top(mask)
+        return np.broadcast_to(feed, (len(requests), self.feed_length)).copy()
+
+    def _top(self, mask: np.ndarray) -> np.ndarray:
+        ids = np.flatnonzero(mask)
+        order = np.lexsort((ids, -self.item_score[ids]))[: self.feed_length]
+        feed = np.full(self.feed_length, -1, dtype=np.int64)
+        feed[: order.size] = ids[order]
+        return feed
+
+
+# ------------------------------------------------------------------------------ personalised
+
+
+@dataclass(frozen=True, eq=False)
+class HistoryAffinityPolicy:
+    """Personalised from history: ``score(u, i) = log a_u(c_i) + log P(i | c_i)``.
+
+    ``a_u(c)`` is buyer ``u``'s affinity to category ``c``, from the weighted events of their
+    history shrunk towards the population's category shares ``s(c)``::
+
+        a_u(c) = (n_u(c) + m * s(c)) / (n_u + m)
+
+    (``n_u(c)``: weighted events of ``u`` on items of ``c``; ``m``: ``prior_strength``). Buyers
+    without history get ``s``. ``P(i | c)`` is item ``i``'s popularity share among the
+    *available* items of its category, ``exp(pop_i) / sum_{j in c} exp(pop_j)``. The product
+    is the probability of ``i`` under "pick a category by affinity, then an item by
+    popularity"; the feed is the ``feed_length`` items of highest score. Serving is
+    deterministic (``rng`` is unused); the fitted arrays are read-only in use, and the only
+    state kept between calls is a cache of the per-category candidates for the last
+    availability mask.
+
+    Parameters
+    ----------
+    user_ids : ndarray of int64, shape (n_known,)
+        Sorted ids of buyers with history.
+    log_affinity : ndarray of float, shape (n_known + 1, n_categories)
+        ``log a_u(c)`` per known buyer; the last row (``log s``) serves unknown buyers.
+    item_category : ndarray of int64, shape (n_items,)
+        Category of each item, in ``[0, n_categories)``.
+    item_popularity : ndarray of float, shape (n_items,)
+        ``pop_i`` (log scale).
+    feed_length : int, default=20
+    name : str, default="history-affinity-v1"
+    """
+
+    user_ids: np.ndarray
+    log_affinity: np.ndarray
+    item_category: np.ndarray
+    item_popularity: np.ndarray
+    feed_length: int = 20
+    name: str = "history-affinity-v1"
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        users = np.asarray(self.user_ids, dtype=np.int64)
+        aff = np.asarray(self.log_affinity, dtype=np.float64)
+        cat = np.asarray(self.item_category, dtype=np.int64)
+        pop = np.asarray(self.item_popularity, dtype=np.float64)
+        if users.ndim != 1 or np.any(np.diff(users) <= 0):
+            raise ValueError("user_ids must be a strictly increasing 1-D array")
+        if aff.ndim != 2 or aff.shape[0] != users.size + 1 or not np.all(aff < np.inf) or np.isnan(aff).any():
+            raise ValueError(f"log_affinity must have shape (len(user_ids) + 1, n_categories) = ({users.size + 1}, C) "
+                             f"with values < inf, got {aff.shape}")
+        if cat.ndim != 1 or cat.size == 0 or cat.min() < 0 or cat.max() >= aff.shape[1]:
+            raise ValueError(f"item_category must be a non-empty 1-D array in [0, {aff.shape[1]})")
+        if pop.shape != cat.shape or not np.all(np.isfinite(pop)):
+            raise ValueError(f"item_popularity must be finite with the shape of item_category {cat.shape}")
+        for name, value in (("user_ids", users), ("log_affinity", aff), ("item_category", cat),
+                            ("item_popularity", pop)):
+            object.__setattr__(self, name, value)
+        _check_feed_length(self.feed_length)
+        _check_name(self.name)
+
+    @classmethod
+    def from_history(cls, history: LogHistory, *, popularity: PopularityPolicy | None = None,
+                     feed_length: int = 20, name: str = "history-affinity-v1",
+                     event_weights: Mapping[str, float] = DEFAULT_EVENT_WEIGHTS,
+                     prior_strength: float = 2.0) -> HistoryAffinityPolicy:
+        """Learn category affinities from ``history``.
+
+        Parameters
+        ----------
+        history : LogHistory
+            Events before the experiment and the item catalog.
+        popularity : PopularityPolicy, optional
+            Source of ``pop_i``; default :meth:`PopularityPolicy.from_history` on the same
+            history (so the policy is built only from logs).
+        feed_length : int, default=20
+        name : str, default="history-affinity-v1"
+        event_weights : mapping of event type to weight, default click 1, add_to_cart 2, purchase 4
+        prior_strength : float, default=2.0
+            ``m``: pseudo-events of the population's category mix added to every buyer, ``> 0``.
+        """
+        if not isinstance(history, LogHistory):
+            raise TypeError(f"history must be a LogHistory, got {type(history).__name__}")
+        weights = _check_weights(event_weights)
+        if not np.isfinite(prior_strength) or prior_strength <= 0:
+            raise ValueError(f"prior_strength must be a finite number > 0, got {prior_strength}")
+        if popularity is None:
+            popularity = PopularityPolicy.from_history(history, feed_length=feed_length, event_weights=weights)
+        elif not isinstance(popularity, PopularityPolicy):
+            raise TypeError(f"popularity must be a PopularityPolicy, got {type(popularity).__name__}")
+        if popularity.item_score.size != history.n_items:
+            raise ValueError(f"popularity must score the history's {history.n_items} items, "
+                             f"got {popularity.item_score.size}")
+        item_cat = history.item_category
+        n_cat = int(item_cat.max()) + 1
+        ev = history.events
+        w = ev["type"].map(weights).fillna(0.0).to_numpy(dtype=np.float64)
+        users, codes = np.unique(ev["user_id"].to_numpy(dtype=np.int64), return_inverse=True)
+        counts = np.zeros((users.size, n_cat))
+        np.add.at(counts, (codes, item_cat[ev["item_id"].to_numpy(dtype=np.int64)]), w)
+        total = counts.sum(axis=0)
+        # Population shares, themselves smoothed so no category has zero affinity.
+        share = (total + 1.0) / (total.sum() + n_cat)
+        aff = (counts + prior_strength * share) / (counts.sum(axis=1, keepdims=True) + prior_strength)
+        log_aff = np.log(np.vstack([aff, share[None, :]]))
+        return cls(user_ids=users, log_affinity=log_aff, item_category=item_cat,
+                   item_popularity=popularity.item_score, feed_length=feed_length, name=name)
+
+    def _candidates(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per category, the ``feed_length`` best available items and their ``log P(i | c)``.
+
+        Returns ``(ids, log_p)`` of shape (n_categories, feed_length); empty slots are
+        ``-1`` / ``-inf``. Cached per availability mask (it changes once a day).
+        """
+        hit = self._cache.get("candidates")
+        if hit is not None and np.array_equal(hit[0], mask):
+            return hit[1], hit[2]
+        n_cat, k = self.log_affinity.shape[1], self.feed_length
+        ids = np.flatnonzero(mask)
+        cat, pop = self.item_category[ids], self.item_popularity[ids]
+        peak = np.full(n_cat, -np.inf)
+        np.maximum.at(peak, cat, pop)
+        norm = np.bincount(cat, weights=np.exp(pop - peak[cat]), minlength=n_cat)
+        log_norm = np.full(n_cat, -np.inf)
+        log_norm[norm > 0] = np.log(norm[norm > 0]) + peak[norm > 0]
+        order = np.lexsort((ids, -pop, cat))
+        cat_sorted = cat[order]
+        starts = np.searchsorted(cat_sorted, np.arange(n_cat))
+        rank = np.arange(order.size) - starts[cat_sorted]
+        keep = rank < k
+        cand = np.full((n_cat, k), -1, dtype=np.int64)
+        log_p = np.full((n_cat, k), -np.inf)
+        sel = order[keep]
+        cand[cat_sorted[keep], rank[keep]] = ids[sel]
+        log_p[cat_sorted[keep], rank[keep]] = pop[sel] - log_norm[cat[sel]]
+        self._cache["candidates"] = (mask.copy(), cand, log_p)
+        return cand, log_p
+
+    def serve(self, requests: Requests, available: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Feeds ranked by ``log a_u(c_i) + log P(i | c_i)`` (see :class:`RankingPolicy`)."""
+        mask = _check_available(available, self.item_category.size)
+        cand, log_p = self._candidates(mask)
+        flat_ids, flat_lp = cand.reshape(-1), log_p.reshape(-1)
+        cat_of_slot = np.repeat(np.arange(cand.shape[0]), cand.shape[1])
+        k = self.feed_length
+        n_known = self.user_ids.size
+        pos = np.searchsorted(self.user_ids, requests.user_id)
+        known = np.zeros(len(requests), dtype=bool)
+        inside = pos < n_known
+        known[inside] = self.user_ids[pos[inside]] == requests.user_id[inside]
+        rows = np.where(known, pos, n_known)
+        out = np.full((len(requests), k), -1, dtype=np.int64)
+        n_slots = flat_ids.size
+        take = min(k, n_slots)
+        for lo in range(0, len(requests), _SERVE_BLOCK):
+            aff = self.log_affinity[rows[lo: lo + _SERVE_BLOCK]]
+            score = aff[:, cat_of_slot] + flat_lp[None, :]
+            # Score descending, then item id ascending among the chosen.
+            top = np.argpartition(-score, take - 1, axis=1)[:, :take] if take < n_slots else \
+                np.broadcast_to(np.arange(n_slots), (score.shape[0], n_slots))
+            top_score = np.take_along_axis(score, top, axis=1)
+            top_ids = flat_ids[top]
+            order = np.lexsort((top_ids, -top_score), axis=1)
+            feed = np.take_along_axis(top_ids, order, axis=1)
+            feed = np.where(np.isfinite(np.take_along_axis(top_score, order, axis=1)), feed, -1)
+            out[lo: lo + feed.shape[0], :take] = feed
+        return out
