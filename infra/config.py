@@ -24,6 +24,7 @@ import yaml
 from experiments.config import ExperimentsConfig
 from features.config import ConfigValueError, FeaturesConfig, check
 from infra.release_config import RegistryConfig, RolloutConfig
+from ranking.config import RankingConfig
 from serving.config import ServingConfig
 
 __all__ = ["ConfigError", "FeedrankConfig", "InfraConfig", "RegistryConfig", "RolloutConfig", "DEFAULTS_PATH",
@@ -57,6 +58,7 @@ class FeedrankConfig:
 
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    ranking: RankingConfig = field(default_factory=RankingConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     infra: InfraConfig = field(default_factory=InfraConfig)
 
