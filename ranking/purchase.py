@@ -1,0 +1,151 @@
+"""P(purchase | user, item, context): a LightGBM binary model, calibrated apart (``ranking.calibration``).
+
+Position as a feature
+---------------------
+A purchase is only possible where the buyer looked, so logged purchase rates mix how good
+an item is with where the logging policy put it. When trained with ``position`` among its
+features (``RankingConfig.purchase_position_feature``) the model learns the slot effect
+separately, and the scorer asks for every candidate at slot 0, the slot whose examination
+is 1 by normalisation: ``P(purchase | examined)``, comparable across candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ranking._checks import EarlyStoppingOnMetric, as_feature_matrix, binary_labels, row_weights
+from ranking.config import DEFAULT_PARAMS, GBDTParams
+
+__all__ = ["PurchaseModel"]
+
+logger = logging.getLogger(__name__)
+
+
+class PurchaseModel:
+    """LightGBM binary classifier of purchase, early-stopped on validation log loss.
+
+    Parameters
+    ----------
+    params : GBDTParams
+    num_threads : int, default 1
+    seed : int, default 0
+
+    Attributes
+    ----------
+    booster_ : lightgbm.Booster
+    feature_names_ : list of str
+    best_iteration_ : int
+    valid_scores_ : dict of str to float
+        ``binary_logloss`` and ``auc`` on the validation set at ``best_iteration_``.
+    """
+
+    def __init__(self, *, params: GBDTParams = DEFAULT_PARAMS, num_threads: int = 1, seed: int = 0) -> None:
+        self.params = params
+        self.num_threads = num_threads
+        self.seed = seed
+
+    def lightgbm_params(self) -> dict[str, Any]:
+        """LightGBM parameters used for training."""
+        return {**self.params.lightgbm_params(), "objective": "binary", "metric": ["binary_logloss", "auc"],
+                "num_threads": self.num_threads, "seed": self.seed, "deterministic": True,
+                "force_row_wise": True, "verbosity": -1}
+
+    def fit(self, X: Any, y: Any, *, sample_weight: Any = None, eval_set: tuple[Any, Any, Any] | None = None,
+            feature_names: Sequence[str] | None = None,
+            callbacks: Sequence[Callable[[Any], None]] = ()) -> PurchaseModel:
+        """Train on rows ``X`` (shape (n, d)) with binary outcomes ``y`` (shape (n,)).
+
+        Parameters
+        ----------
+        X : DataFrame or ndarray, shape (n, d)
+        y : array-like of {0, 1} or bool, shape (n,)
+        sample_weight : array-like of float, shape (n,), optional
+            Downsampling weights, so predictions estimate the undownsampled rate.
+        eval_set : (X_valid, y_valid, sample_weight_valid or None), optional
+            Early stopping on weighted ``binary_logloss``.
+        feature_names : sequence of str, optional
+        callbacks : LightGBM callbacks, optional
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        TypeError, ValueError
+            On malformed inputs, or when ``y`` has a single class.
+        """
+        import lightgbm as lgb
+
+        if not isinstance(self.params, GBDTParams):
+            raise TypeError(f"params must be a GBDTParams, got {type(self.params).__name__}")
+        matrix, names = as_feature_matrix(X, feature_names)
+        labels = binary_labels("y", y, len(matrix))
+        if labels.min() == labels.max():
+            raise ValueError("y must contain both classes (no purchases, or only purchases, in the training slice)")
+        w = row_weights("sample_weight", sample_weight, len(matrix))
+        train_set = lgb.Dataset(matrix, label=labels, weight=w, feature_name=names, free_raw_data=True)
+        valid_sets = []
+        stopper = None
+        all_callbacks: list[Any] = list(callbacks)
+        if eval_set is not None:
+            Xv, yv, wv = eval_set
+            vmatrix, _ = as_feature_matrix(Xv, names, name="eval_set X")
+            vlabels = binary_labels("eval_set y", yv, len(vmatrix))
+            vw = row_weights("eval_set sample_weight", wv, len(vmatrix))
+            valid_sets.append(lgb.Dataset(vmatrix, label=vlabels, weight=vw, reference=train_set))
+            stopper = EarlyStoppingOnMetric("binary_logloss", self.params.early_stopping_rounds)
+            all_callbacks.append(stopper)
+        booster = lgb.train(self.lightgbm_params(), train_set, num_boost_round=self.params.num_boost_round,
+                            valid_sets=valid_sets, valid_names=["valid"][: len(valid_sets)], callbacks=all_callbacks)
+        self.booster_ = booster
+        self.feature_names_ = names
+        if stopper is not None and stopper.best_iteration > 0:
+            self.best_iteration_ = stopper.best_iteration
+            self.valid_scores_ = {r[1]: float(r[2]) for r in stopper.best_results if r[0] == "valid"}
+        else:
+            self.best_iteration_ = booster.current_iteration()
+            self.valid_scores_ = {}
+        logger.info("purchase model: %d trees, validation %s", self.best_iteration_, self.valid_scores_)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise RuntimeError("PurchaseModel is not fitted: call fit() or load() first")
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Uncalibrated P(purchase) for each row, shape (n,)."""
+        self._check_fitted()
+        matrix, names = as_feature_matrix(X, None)
+        if hasattr(X, "columns") and names != self.feature_names_:
+            raise ValueError("X must have the training features in the training order")
+        if matrix.shape[1] != len(self.feature_names_):
+            raise ValueError(f"X must have {len(self.feature_names_)} features, got {matrix.shape[1]}")
+        return np.asarray(self.booster_.predict(matrix, num_iteration=self.best_iteration_,
+                                                num_threads=self.num_threads), dtype=np.float64)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model as LightGBM text, trimmed to ``best_iteration_`` trees."""
+        self._check_fitted()
+        path = Path(path)
+        self.booster_.save_model(str(path), num_iteration=self.best_iteration_)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, num_threads: int = 1) -> PurchaseModel:
+        """Load a model saved by :meth:`save`."""
+        import lightgbm as lgb
+
+        booster = lgb.Booster(model_file=str(path))
+        model = cls(num_threads=num_threads)
+        model.booster_ = booster
+        model.feature_names_ = booster.feature_name()
+        model.best_iteration_ = booster.current_iteration()
+        model.valid_scores_ = {}
+        return model

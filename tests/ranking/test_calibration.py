@@ -1,0 +1,114 @@
+"""Isotonic calibration, expected calibration error and the reliability diagram."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.isotonic import IsotonicRegression
+
+from ranking.calibration import (
+    IsotonicCalibrator,
+    expected_calibration_error,
+    plot_reliability_diagram,
+    reliability_curve,
+)
+
+
+def _miscalibrated(n=20_000, seed=0):
+    rng = np.random.default_rng(seed)
+    true_p = rng.beta(0.5, 20, n)
+    y = (rng.random(n) < true_p).astype(float)
+    return y, np.sqrt(true_p)  # monotone but badly calibrated scores
+
+
+def test_predictions_equal_sklearn_isotonic():
+    y, s = _miscalibrated()
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(y))
+    cal = IsotonicCalibrator().fit(s, y, sample_weight=w)
+    ref = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(s, y, sample_weight=w)
+    probe = np.r_[s[:500], -1.0, 2.0]  # outside the fitted range too
+    np.testing.assert_allclose(cal.predict(probe), ref.predict(probe), atol=1e-12)
+
+
+def test_calibration_removes_most_of_the_error():
+    y, s = _miscalibrated(seed=2)
+    y_test, s_test = _miscalibrated(seed=3)
+    cal = IsotonicCalibrator().fit(s, y)
+    before = expected_calibration_error(y_test, s_test)
+    after = expected_calibration_error(y_test, cal.predict(s_test))
+    assert before > 0.05 and after < before / 5
+
+
+def test_save_and_load_without_pickle(tmp_path):
+    y, s = _miscalibrated(n=2000)
+    cal = IsotonicCalibrator().fit(s, y)
+    path = cal.save(tmp_path / "cal.npz")
+    with np.load(path, allow_pickle=False) as data:
+        assert set(data.files) == {"x_thresholds", "y_thresholds", "format_version"}
+        assert all(data[k].dtype != object for k in data.files)
+    again = IsotonicCalibrator.load(path)
+    np.testing.assert_array_equal(again.predict(s), cal.predict(s))
+
+
+def test_load_refuses_foreign_files(tmp_path):
+    np.savez(tmp_path / "other.npz", x=np.arange(3))
+    with pytest.raises(ValueError, match="not an IsotonicCalibrator file"):
+        IsotonicCalibrator.load(tmp_path / "other.npz")
+    np.savez(tmp_path / "bad.npz", x_thresholds=np.array([0.0, 1.0]), y_thresholds=np.array([0.5, 0.1]),
+             format_version=np.array(1))
+    with pytest.raises(ValueError, match="non-decreasing"):
+        IsotonicCalibrator.load(tmp_path / "bad.npz")
+
+
+def test_ece_known_answer():
+    # Two equal-mass bins: predictions 0.1 (observed 0.0) and 0.5 (observed 0.5).
+    y = np.array([0, 0, 1, 0])
+    p = np.array([0.1, 0.1, 0.5, 0.5])
+    assert expected_calibration_error(y, p, n_bins=2) == pytest.approx(0.5 * 0.1 + 0.5 * 0.0)
+    curve = reliability_curve(y, p, n_bins=2)
+    np.testing.assert_allclose(curve.mean_predicted, [0.1, 0.5])
+    np.testing.assert_allclose(curve.observed, [0.0, 0.5])
+    # Uniform bins put everything below 0.5 together.
+    assert expected_calibration_error(y, p, n_bins=2, strategy="uniform") == pytest.approx(0.05)
+
+
+def test_ece_of_a_perfect_predictor_is_small_and_weights_count():
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0, 0.2, 200_000)
+    y = rng.random(len(p)) < p
+    assert expected_calibration_error(y, p) < 0.003
+    # Weighting: duplicating rows equals weighting them by 2.
+    w = np.where(np.arange(len(p)) % 2 == 0, 2.0, 1.0)
+    dup = np.r_[np.arange(len(p)), np.flatnonzero(w == 2.0)]
+    assert expected_calibration_error(y, p, sample_weight=w) == pytest.approx(
+        expected_calibration_error(y[dup], p[dup]), abs=2e-4)
+
+
+@pytest.mark.parametrize("y, p, kwargs, error, match", [
+    ([0, 1], [0.1], {}, ValueError, "same length"),
+    ([], [], {}, ValueError, "must not be empty"),
+    ([0, 2], [0.1, 0.2], {}, ValueError, "only 0 and 1"),
+    ([0, 1], [0.1, 1.2], {}, ValueError, r"lie in \[0, 1\]"),
+    ([0, 1], [0.1, np.nan], {}, ValueError, "finite"),
+    ([0, 1], ["a", "b"], {}, TypeError, "numeric"),
+    ([0, 1], [0.1, 0.2], {"n_bins": 0}, ValueError, "n_bins must be"),
+    ([0, 1], [0.1, 0.2], {"strategy": "kmeans"}, ValueError, "strategy must be"),
+    ([0, 1], [0.1, 0.2], {"sample_weight": [1.0, -1.0]}, ValueError, "sample_weight must be"),
+])
+def test_invalid_inputs(y, p, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        expected_calibration_error(np.asarray(y), np.asarray(p), **kwargs)
+
+
+def test_unfitted_calibrator_is_refused():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        IsotonicCalibrator().predict([0.1])
+
+
+def test_reliability_diagram_png(tmp_path):
+    y, s = _miscalibrated(n=5000)
+    cal = IsotonicCalibrator().fit(s, y)
+    path = plot_reliability_diagram(y, {"raw": s, "isotonic": cal.predict(s)}, tmp_path / "rel.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="at least one"):
+        plot_reliability_diagram(y, {}, tmp_path / "none.png")
