@@ -1,0 +1,532 @@
+"""The ranking training pipeline: from the ETL's ``training/`` table to a scorer folder.
+
+``train_ranking_models(frame, config, out_dir)`` takes the table described in
+``docs/training-data.md`` (features are the ``f_*`` columns, a request is a query) and:
+
+1. splits requests by time into train, validation and test slices (``valid_fraction``,
+   ``test_fraction`` of requests, in that order);
+2. estimates position bias from the randomized impressions of the train and validation
+   slices (:class:`~ranking.propensity.PositionBiasEstimator`);
+3. trains the LambdaMART ranker with IPS pair weights (or without, the naive baseline),
+   optionally after an Optuna study, early-stopped on validation ``ndcg@stop_at``;
+4. trains the purchase model on rows whose label window has closed, split again by time,
+   calibrates it by isotonic regression on its validation slice and measures it on its
+   test slice (expected calibration error, reliability diagram);
+5. writes both models (LightGBM text), the calibrator (``.npz``), compiled libraries when
+   the compiler works, figures and ``metadata.json``.
+
+Queries without two different grades carry no pairwise signal; they are left out of the
+ranker's training rows and of the ranking metrics (LightGBM would count them as NDCG 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ranking._metrics import group_sizes, ndcg_at_k
+from ranking.artifacts import write_metadata
+from ranking.calibration import (
+    IsotonicCalibrator,
+    expected_calibration_error,
+    plot_reliability_diagram,
+)
+from ranking.compile import (
+    CompilationError,
+    CompiledPredictor,
+    NativePredictor,
+    compile_model,
+    warn_compiled_unavailable,
+)
+from ranking.config import GBDTParams, RankingConfig
+from ranking.propensity import PositionBiasEstimator
+from ranking.purchase import PurchaseModel
+from ranking.ranker import LambdaMARTRanker
+from ranking.scorer import POSITION_FEATURE
+from ranking.tuning import TuningResult, tune_ranker
+
+__all__ = [
+    "REQUIRED_COLUMNS",
+    "PurchaseFit",
+    "TimeSlices",
+    "TrainingResult",
+    "check_training_frame",
+    "feature_columns",
+    "fit_position_bias",
+    "fit_purchase_model",
+    "fit_ranker",
+    "ranking_metrics",
+    "split_by_time",
+    "train_ranking_models",
+]
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("request_id", "ts", "label", "position", "randomized", "propensity",
+                                     "clicked", "sample_weight", "price")
+COMPILE_TOLERANCE = 1e-5
+_FILES = {"ranker": "ranker.txt", "purchase": "purchase.txt", "calibrator": "calibrator.npz"}
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """The model features: every column whose name starts with ``f_``, in table order."""
+    return [c for c in frame.columns if str(c).startswith("f_")]
+
+
+def check_training_frame(frame: Any, config: RankingConfig) -> list[str]:
+    """Check the ``training/`` table once, at the pipeline's boundary; return its feature columns.
+
+    Raises
+    ------
+    TypeError
+        When ``frame`` is not a DataFrame, ``config`` not a RankingConfig, or a feature is not numeric.
+    ValueError
+        When columns are missing, the frame is empty, or values are out of range.
+    """
+    if not isinstance(config, RankingConfig):
+        raise TypeError(f"config must be a RankingConfig, got {type(config).__name__}")
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
+    needed = list(REQUIRED_COLUMNS) + [config.purchase_label]
+    if config.complete_labels_only and config.purchase_label == "purchased_7d":
+        needed.append("label_complete")
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame is missing columns {missing} (see docs/training-data.md)")
+    features = feature_columns(frame)
+    if not features:
+        raise ValueError("frame has no feature columns (names starting with 'f_')")
+    bad = [c for c in features if not (pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]))]
+    if bad:
+        raise TypeError(f"feature columns must be numeric, got non-numeric {bad[:5]}")
+    if len(frame) == 0:
+        raise ValueError("frame has no rows")
+    for name in ("request_id", "ts", "label", "sample_weight", "price", "randomized", "clicked",
+                 config.purchase_label):
+        if frame[name].isna().any():
+            raise ValueError(f"column {name} must not contain nulls")
+    if not pd.api.types.is_datetime64_any_dtype(frame["ts"]):
+        raise TypeError(f"column ts must be a timestamp, got {frame['ts'].dtype}")
+    label = frame["label"].to_numpy()
+    if (label < 0).any() or (label > 31).any() or (label != np.floor(label)).any():
+        raise ValueError("column label must hold integer grades in [0, 31]")
+    if (frame["sample_weight"] <= 0).any():
+        raise ValueError("column sample_weight must be > 0")
+    if (frame["price"] <= 0).any():
+        raise ValueError("column price must be > 0")
+    pos = frame["position"].dropna()
+    if (pos < 0).any():
+        raise ValueError("column position must be >= 0 where present")
+    return features
+
+
+@dataclass(frozen=True)
+class TimeSlices:
+    """Rows split by request time: train (earliest), valid, test (latest; may be empty)."""
+
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+
+    def window(self) -> dict[str, dict[str, Any]]:
+        """First and last impression time, rows and requests of each slice (JSON-safe)."""
+        out = {}
+        for name in ("train", "valid", "test"):
+            part = getattr(self, name)
+            out[name] = {
+                "start": None if part.empty else pd.Timestamp(part["ts"].min()).isoformat(),
+                "end": None if part.empty else pd.Timestamp(part["ts"].max()).isoformat(),
+                "rows": len(part),
+                "requests": int(part["request_id"].nunique()),
+            }
+        return out
+
+
+def split_by_time(frame: pd.DataFrame, *, valid_fraction: float, test_fraction: float) -> TimeSlices:
+    """Split requests by their first impression time; each slice's rows are grouped by request.
+
+    Rows are ordered by (request time, request_id, position, impression_id when present), so a
+    request's rows are contiguous, as LightGBM's query groups require.
+
+    Raises
+    ------
+    ValueError
+        When the train or validation slice would hold no request.
+    """
+    req_ts = frame.groupby("request_id", sort=False)["ts"].transform("min")
+    keys = ["_req_ts", "request_id", "_pos"] + (["impression_id"] if "impression_id" in frame.columns else [])
+    ordered = frame.assign(_req_ts=req_ts, _pos=frame["position"].astype("float64").fillna(np.inf))
+    ordered = ordered.sort_values(keys, kind="stable").drop(columns=["_req_ts", "_pos"]).reset_index(drop=True)
+    requests = ordered["request_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, requests[1:] != requests[:-1]])
+    n_req = len(starts)
+    n_test = int(round(n_req * test_fraction))
+    n_valid = int(round(n_req * valid_fraction))
+    n_train = n_req - n_valid - n_test
+    if n_train < 1 or n_valid < 1:
+        raise ValueError(f"frame has {n_req} requests: too few to split into train/valid/test with "
+                         f"valid_fraction={valid_fraction}, test_fraction={test_fraction}")
+    bounds = np.r_[starts, len(ordered)]
+    cut1, cut2 = bounds[n_train], bounds[n_train + n_valid]
+    return TimeSlices(train=ordered.iloc[:cut1].reset_index(drop=True),
+                      valid=ordered.iloc[cut1:cut2].reset_index(drop=True),
+                      test=ordered.iloc[cut2:].reset_index(drop=True))
+
+
+def _informative(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of requests with at least two rows and two different grades."""
+    spread = frame.groupby("request_id", sort=False)["label"].transform(lambda s: s.max() > s.min())
+    return frame[spread.to_numpy(dtype=bool)].reset_index(drop=True)
+
+
+def fit_position_bias(frame: pd.DataFrame, config: RankingConfig) -> PositionBiasEstimator:
+    """Estimate examination by position from the frame's randomized rows (``randomized`` and a propensity).
+
+    Raises
+    ------
+    ValueError
+        When the frame has too little randomized traffic (the message says how much).
+    """
+    randomized = frame["randomized"].to_numpy(dtype=bool) & frame["propensity"].notna().to_numpy()
+    est = PositionBiasEstimator(min_impressions=config.propensity.min_impressions,
+                                monotone=config.propensity.monotone)
+    return est.fit(frame["position"].astype("float64").to_numpy(), frame["clicked"].to_numpy(dtype=bool), randomized,
+                   sample_weight=frame["sample_weight"].to_numpy(dtype=np.float64))
+
+
+def _ranker_inputs(frame: pd.DataFrame, features: list[str]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    return frame[features], frame["label"].to_numpy(dtype=np.float64), frame["request_id"].to_numpy()
+
+
+def fit_ranker(train: pd.DataFrame, valid: pd.DataFrame, features: list[str], config: RankingConfig, *,
+               propensity: PositionBiasEstimator | None, params: GBDTParams | None = None) -> LambdaMARTRanker:
+    """Train the LambdaMART ranker on ``train``, early-stopped on ``valid`` (both grouped by request).
+
+    Parameters
+    ----------
+    train, valid : DataFrame
+        Slices from :func:`split_by_time`; requests without two different grades are dropped.
+    features : list of str
+    config : RankingConfig
+    propensity : PositionBiasEstimator or None
+        IPS weights ``min(1 / e(position), config.propensity.max_weight)`` on the higher-graded
+        document of each pair; None trains the naive ranker.
+    params : GBDTParams, optional
+        Overrides ``config.ranker`` (e.g. tuned parameters).
+
+    Returns
+    -------
+    LambdaMARTRanker
+    """
+    tr, va = _informative(train), _informative(valid)
+    if tr.empty or va.empty:
+        raise ValueError("the train and validation slices need requests with two different grades")
+    ips = None
+    if propensity is not None:
+        ips = propensity.ips_weights(tr["position"].astype("float64").to_numpy(),
+                                     max_weight=config.propensity.max_weight)
+    ranker = LambdaMARTRanker(params=params or config.ranker, eval_at=config.eval_at, stop_at=config.stop_at,
+                              truncation_level=config.truncation_level, num_threads=config.num_threads,
+                              seed=config.seed)
+    X, y, g = _ranker_inputs(tr, features)
+    return ranker.fit(X, y, g, ips_weight=ips, sample_weight=tr["sample_weight"].to_numpy(dtype=np.float64),
+                      eval_set=_ranker_inputs(va, features))
+
+
+def ranking_metrics(scores: np.ndarray, frame: pd.DataFrame, eval_at: tuple[int, ...]) -> dict[str, float]:
+    """NDCG@k of ``scores`` against the logged grades of ``frame`` (rows grouped by request).
+
+    Only requests with two different grades count. Keys ``ndcg@k`` over all of them and
+    ``randomized_ndcg@k`` over randomized requests alone (their top slots were shuffled, so
+    their grades are not shaped by the logging policy's order), plus ``requests``.
+    """
+    keep = frame.groupby("request_id", sort=False)["label"].transform(lambda s: s.max() > s.min()).to_numpy(bool)
+    out: dict[str, float] = {"requests": float(frame.loc[keep, "request_id"].nunique())}
+    for prefix, mask in (("", keep), ("randomized_", keep & frame["randomized"].to_numpy(dtype=bool))):
+        if not mask.any():
+            continue
+        sizes = group_sizes(frame.loc[mask, "request_id"].to_numpy())
+        rel = frame.loc[mask, "label"].to_numpy(dtype=np.float64)
+        for k in eval_at:
+            out[f"{prefix}ndcg@{k}"] = ndcg_at_k(rel, scores[mask], sizes, k)
+    return out
+
+
+@dataclass(frozen=True)
+class PurchaseFit:
+    """The purchase model, its calibrator, held-out metrics and the held-out slice's predictions."""
+
+    model: PurchaseModel
+    calibrator: IsotonicCalibrator
+    features: list[str]
+    metrics: dict[str, Any]
+    window: dict[str, dict[str, Any]]
+    heldout_y: np.ndarray
+    heldout_raw: np.ndarray
+    heldout_calibrated: np.ndarray
+    heldout_weight: np.ndarray
+
+
+def _purchase_rows(frame: pd.DataFrame, config: RankingConfig) -> pd.DataFrame:
+    if not config.complete_labels_only:
+        return frame
+    if config.purchase_label == "purchased_7d":
+        return frame[frame["label_complete"].to_numpy(dtype=bool)]
+    # The 24-hour window of the last day is still open: the log ends at its last impression.
+    return frame[frame["ts"] <= frame["ts"].max() - pd.Timedelta(hours=24)]
+
+
+def _binary_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int) -> dict[str, float]:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    out = {"ece": expected_calibration_error(y, p, n_bins=n_bins, sample_weight=w),
+           "mean_predicted": float(np.average(p, weights=w)), "base_rate": float(np.average(y, weights=w)),
+           "log_loss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), sample_weight=w, labels=[0, 1]))}
+    out["auc"] = float(roc_auc_score(y, p, sample_weight=w)) if 0 < y.sum() < len(y) else float("nan")
+    out["ece_over_base_rate"] = out["ece"] / out["base_rate"] if out["base_rate"] > 0 else float("nan")
+    return out
+
+
+def fit_purchase_model(frame: pd.DataFrame, features: list[str], config: RankingConfig) -> PurchaseFit:
+    """Train, calibrate and measure the purchase model on rows whose label window has closed.
+
+    Those rows are split by time again (same fractions): the model trains on the first
+    slice, early-stops on the second, the isotonic calibrator is fitted on the second, and
+    metrics are measured on the third (on the second when ``test_fraction`` is 0, marked
+    ``heldout: "valid"``).
+
+    Raises
+    ------
+    ValueError
+        When too few rows have a complete label, or a slice has no purchase.
+    """
+    rows = _purchase_rows(frame, config)
+    if rows["request_id"].nunique() < 10:
+        raise ValueError(f"only {len(rows)} rows have a complete {config.purchase_label} label: use a longer log, "
+                         "purchase_label='purchased_24h' or complete_labels_only=false")
+    slices = split_by_time(rows, valid_fraction=config.valid_fraction, test_fraction=config.test_fraction)
+    names = features + ([POSITION_FEATURE] if config.purchase_position_feature else [])
+
+    def arrays(part: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        X = part[features].astype("float64")
+        if config.purchase_position_feature:
+            X = X.assign(**{POSITION_FEATURE: part["position"].astype("float64").to_numpy()})
+        return X, part[config.purchase_label].to_numpy(dtype=bool), part["sample_weight"].to_numpy(dtype=np.float64)
+
+    Xt, yt, wt = arrays(slices.train)
+    Xv, yv, wv = arrays(slices.valid)
+    if yv.sum() == 0:
+        raise ValueError("the purchase model's validation slice has no purchase: cannot calibrate")
+    model = PurchaseModel(params=config.purchase, num_threads=config.num_threads, seed=config.seed)
+    model.fit(Xt, yt, sample_weight=wt, eval_set=(Xv, yv, wv), feature_names=names)
+    calibrator = IsotonicCalibrator().fit(model.predict_proba(Xv), yv, sample_weight=wv)
+    heldout_name = "test" if len(slices.test) else "valid"
+    Xh, yh, wh = arrays(slices.test) if len(slices.test) else (Xv, yv, wv)
+    raw = model.predict_proba(Xh)
+    cal = calibrator.predict(raw)
+    uncal = _binary_metrics(yh.astype(float), raw, wh, config.calibration_bins)
+    calm = _binary_metrics(yh.astype(float), cal, wh, config.calibration_bins)
+    metrics: dict[str, Any] = {"heldout": heldout_name, "best_iteration": model.best_iteration_, "valid": model.valid_scores_,
+               "uncalibrated": uncal, "calibrated": calm,
+               "calibrator_breakpoints": len(calibrator.x_thresholds_)}
+    logger.info("purchase model: held-out ECE %.5f -> %.5f after isotonic (base rate %.5f)",
+                uncal["ece"], calm["ece"], calm["base_rate"])
+    return PurchaseFit(model=model, calibrator=calibrator, features=names, metrics=metrics, window=slices.window(),
+                       heldout_y=yh.astype(float), heldout_raw=raw, heldout_calibrated=cal, heldout_weight=wh)
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What :func:`train_ranking_models` produced (the same as ``model_dir`` holds)."""
+
+    model_dir: Path
+    metadata: dict[str, Any]
+    ranker: LambdaMARTRanker
+    purchase: PurchaseFit
+    propensity: PositionBiasEstimator | None
+    tuning: TuningResult | None
+    slices: TimeSlices
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _compile_both(root: Path, config: RankingConfig, heldout: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Compile each model, check it against LightGBM on held-out rows, keep it only if equal."""
+    import lightgbm as lgb
+
+    report: dict[str, Any] = {}
+    for name, raw in (("ranker", True), ("purchase", False)):
+        lib = root / f"{name}.so"
+        lib.unlink(missing_ok=True)
+        if not config.compile.enabled:
+            report[name] = {"ok": False, "error": "compiling disabled (ranking.compile.enabled=false)"}
+            continue
+        try:
+            compile_model(root / _FILES[name], lib, toolchain=config.compile.toolchain,
+                          quantize=config.compile.quantize, parallel_comp=config.compile.parallel_comp,
+                          nthread=config.num_threads)
+            native = NativePredictor(lgb.Booster(model_file=str(root / _FILES[name])), raw_score=raw)
+            X = heldout[name]
+            diff = float(np.max(np.abs(CompiledPredictor(lib, raw_score=raw).predict(X) - native.predict(X))))
+        except CompilationError as exc:
+            warn_compiled_unavailable(str(exc))
+            report[name] = {"ok": False, "error": str(exc)}
+            continue
+        if not diff <= COMPILE_TOLERANCE:
+            lib.unlink(missing_ok=True)
+            warn_compiled_unavailable(f"{name}: compiled predictions differ from LightGBM by {diff:.3g}")
+            report[name] = {"ok": False, "error": f"max abs difference {diff:.3g} > {COMPILE_TOLERANCE}"}
+            continue
+        report[name] = {"ok": True, "file": lib.name, "max_abs_diff": diff, "quantize": config.compile.quantize,
+                        "rows_checked": len(X)}
+    return report
+
+
+def _versions() -> dict[str, str]:
+    import lightgbm
+    import sklearn
+    import tl2cgen
+    import treelite
+
+    return {"lightgbm": lightgbm.__version__, "treelite": treelite.__version__, "tl2cgen": tl2cgen.__version__,
+            "scikit-learn": sklearn.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def train_ranking_models(frame: pd.DataFrame, config: RankingConfig, out_dir: str | os.PathLike[str], *,
+                         figures: bool = True) -> TrainingResult:
+    """Train the ranker and the calibrated purchase model and write them to ``out_dir``.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        The ETL's ``training/`` table (``docs/training-data.md``); features are the ``f_*`` columns.
+    config : RankingConfig
+    out_dir : folder to write (created; existing model files are replaced)
+    figures : bool, default True
+        Write ``reliability.png`` and ``examination.png``.
+
+    Returns
+    -------
+    TrainingResult
+
+    Raises
+    ------
+    TypeError, ValueError
+        When the frame does not follow the schema, or holds too little data (for example no
+        randomized traffic while ``ips_weighting`` is on: the message says so).
+
+    Warns
+    -----
+    CompiledModelUnavailableWarning
+        When a model cannot be compiled; the folder then holds only its LightGBM text model.
+    """
+    features = check_training_frame(frame, config)
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    slices = split_by_time(frame, valid_fraction=config.valid_fraction, test_fraction=config.test_fraction)
+    logger.info("training ranking models on %d rows, %d features (%s)", len(frame), len(features),
+                {k: v["requests"] for k, v in slices.window().items()})
+
+    propensity = None
+    if config.ips_weighting:
+        fit_rows = pd.concat([slices.train, slices.valid], ignore_index=True)
+        try:
+            propensity = fit_position_bias(fit_rows, config)
+        except ValueError as exc:
+            raise ValueError(f"cannot estimate position bias for IPS weighting ({exc}); "
+                             "set ranking.ips_weighting=false to train the naive ranker") from None
+
+    tuning = None
+    params = config.ranker
+    if config.tuning.n_trials > 0:
+        tr, va = _informative(slices.train), _informative(slices.valid)
+        ips = None if propensity is None else propensity.ips_weights(
+            tr["position"].astype("float64").to_numpy(), max_weight=config.propensity.max_weight)
+        X, y, g = _ranker_inputs(tr, features)
+        tuning = tune_ranker(X, y, g, eval_set=_ranker_inputs(va, features), tuning=config.tuning,
+                             base_params=config.ranker, ips_weight=ips,
+                             sample_weight=tr["sample_weight"].to_numpy(dtype=np.float64), eval_at=config.eval_at,
+                             stop_at=config.stop_at, truncation_level=config.truncation_level,
+                             num_threads=config.num_threads)
+        params = tuning.best_params
+        (root / "tuning.json").write_text(json.dumps(_json_safe(tuning.summary), indent=2, allow_nan=False))
+
+    ranker = fit_ranker(slices.train, slices.valid, features, config, propensity=propensity, params=params)
+    ranker.save(root / _FILES["ranker"])
+    ranker_metrics: dict[str, Any] = {"best_iteration": ranker.best_iteration_, "valid": ranker.valid_scores_}
+    if len(slices.test):
+        ranker_metrics["test"] = ranking_metrics(ranker.predict(slices.test[features]), slices.test, config.eval_at)
+
+    purchase = fit_purchase_model(frame, features, config)
+    purchase.model.save(root / _FILES["purchase"])
+    purchase.calibrator.save(root / _FILES["calibrator"])
+
+    sample = slices.test if len(slices.test) else slices.valid
+    sample = sample.iloc[: min(len(sample), 2000)]
+    heldout = {"ranker": sample[features].to_numpy(dtype=np.float64)}
+    heldout["purchase"] = (np.hstack([heldout["ranker"], sample[["position"]].to_numpy(dtype=np.float64)])
+                           if config.purchase_position_feature else heldout["ranker"])
+    compiled = _compile_both(root, config, heldout)
+
+    files: dict[str, str] = dict(_FILES)
+    for name, rep in compiled.items():
+        if rep["ok"]:
+            files[f"{name}_lib"] = rep["file"]
+    if figures:
+        plot_reliability_diagram(purchase.heldout_y, {"uncalibrated": purchase.heldout_raw,
+                                                      "isotonic": purchase.heldout_calibrated},
+                                 root / "reliability.png", n_bins=config.calibration_bins,
+                                 sample_weight=purchase.heldout_weight,
+                                 title=f"P({config.purchase_label}) on the held-out slice")
+        files["reliability_figure"] = "reliability.png"
+        if propensity is not None:
+            propensity.plot(root / "examination.png")
+            files["examination_figure"] = "examination.png"
+    if tuning is not None:
+        files["tuning"] = "tuning.json"
+
+    metadata = _json_safe({
+        "created_at": datetime.now(UTC).isoformat(),
+        "features": features,
+        "purchase_features": purchase.features,
+        "training_window": {"ranker": slices.window(), "purchase": purchase.window},
+        "labels": {"ranker": "label (graded 0-3)", "purchase": config.purchase_label,
+                   "complete_labels_only": config.complete_labels_only},
+        "metrics": {"ranker": ranker_metrics, "purchase": purchase.metrics},
+        "ranker": {"ips_weighting": config.ips_weighting, "params": asdict(params),
+                   "tuned": tuning is not None, "best_iteration": ranker.best_iteration_},
+        "purchase": {"params": asdict(config.purchase), "position_feature": config.purchase_position_feature,
+                     "best_iteration": purchase.model.best_iteration_},
+        "propensity": None if propensity is None else {**propensity.to_dict(),
+                                                       "max_weight": config.propensity.max_weight},
+        "tuning": None if tuning is None else {"best_value": tuning.best_value, "file": "tuning.json",
+                                               "best_params": tuning.summary["best_params"]},
+        "scorer": {"blend_weight": config.blend_weight},
+        "compile": compiled,
+        "files": files,
+        "config": asdict(config),
+        "versions": _versions(),
+    })
+    write_metadata(root, metadata)
+    return TrainingResult(model_dir=root, metadata=metadata, ranker=ranker, purchase=purchase, propensity=propensity,
+                          tuning=tuning, slices=slices)
