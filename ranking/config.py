@@ -119,7 +119,7 @@ class TuningConfig:
     n_trials: int = 0
     timeout_s: float = 0.0
     seed: int = 0
-    pruning_warmup_rounds: int = 10
+    pruning_warmup_rounds: int = 30
 
     def __post_init__(self) -> None:
         check(self.n_trials >= 0, "n_trials", ">= 0", self.n_trials)
