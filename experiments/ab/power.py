@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from statsmodels.stats.power import TTestIndPower
 
 from experiments.ab._checks import integer, open_unit, positive, real
 
 __all__ = ["minimum_detectable_effect", "required_sample_size", "statistical_power"]
+
+
+def _scalar(value: object) -> float:
+    """``solve_power`` returns a shape-(1,) array when it falls back to fsolve; numpy 2 refuses ``float()`` on it."""
+    return float(np.asarray(value).item())
 
 
 def required_sample_size(
@@ -64,7 +70,7 @@ def required_sample_size(
         ratio=positive(ratio, "ratio"),
         alternative="two-sided",
     )
-    return int(math.ceil(float(n)))
+    return int(math.ceil(_scalar(n)))
 
 
 def minimum_detectable_effect(
@@ -103,7 +109,7 @@ def minimum_detectable_effect(
         ratio=positive(ratio, "ratio"),
         alternative="two-sided",
     )
-    return float(d) * positive(std, "std")
+    return _scalar(d) * positive(std, "std")
 
 
 def statistical_power(

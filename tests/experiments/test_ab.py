@@ -181,6 +181,13 @@ def test_power_sample_size_round_trip():
     assert ab.minimum_detectable_effect(n_control=n2, std=20.0, power=0.9, ratio=2.0) == pytest.approx(2.0, rel=0.01)
 
 
+def test_power_functions_return_scalars_where_statsmodels_falls_back_to_fsolve():
+    # At these inputs solve_power returns a shape-(1,) array, which float() rejects under numpy 2.
+    mde = ab.minimum_detectable_effect(n_control=2800, std=1.0, ratio=2943 / 2800)
+    assert isinstance(mde, float) and 0.07 < mde < 0.075
+    assert ab.statistical_power(effect=mde, std=1.0, n_control=2800, ratio=2943 / 2800) == pytest.approx(0.8, abs=1e-3)
+
+
 # ------------------------------------------------------------------ guardrails
 
 
