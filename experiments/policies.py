@@ -52,10 +52,13 @@ class RankingPolicy(Protocol):
     Attributes
     ----------
     name : str
-        Logged in ``impressions.policy`` (a model version).
+        Logged in ``impressions.policy`` (a model version); read-only.
     """
 
-    name: str
+    @property
+    def name(self) -> str:
+        """Policy name (model version) logged with every impression it serves."""
+        ...
 
     def serve(self, requests: Requests, available: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Rank items for each request.
