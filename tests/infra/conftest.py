@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from infra.bundle import BundleManifest, DataWindow, write_bundle_manifest
+
+BUNDLE_FEATURES = ("user_ctr_7d", "item_price", "seller_rating")
+BUNDLE_WINDOW = DataWindow("2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z")
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +35,30 @@ def registry_data_dir(tmp_path_factory: pytest.TempPathFactory, mlflow_template_
     (data_dir / "mlflow").mkdir()
     shutil.copy(mlflow_template_db, data_dir / "mlflow" / "mlflow.db")
     return data_dir
+
+
+def _make_bundle(root: Path, tag: str) -> Path:
+    """A small but complete bundle whose files all contain ``tag``."""
+    (root / "retrieval").mkdir(parents=True)
+    (root / "retrieval" / "item_vectors.npy").write_text(tag)
+    (root / "ranker").mkdir()
+    (root / "ranker" / "model.txt").write_text(tag)
+    (root / "purchase").mkdir()
+    (root / "purchase" / "model.txt").write_text(tag)
+    write_bundle_manifest(root, BundleManifest(
+        components={"retrieval": "retrieval", "ranker": "ranker/model.txt", "purchase_model": "purchase"},
+        feature_list=BUNDLE_FEATURES, data_window=BUNDLE_WINDOW, created_at="2026-01-12T03:00:00Z",
+        metrics={"ndcg_at_10": 0.4}, metadata={"tag": tag}))
+    return root
+
+
+@pytest.fixture
+def make_bundle() -> Callable[[Path, str], Path]:
+    """``make_bundle(folder, tag)`` writes a valid feed bundle whose files contain ``tag``."""
+    return _make_bundle
+
+
+@pytest.fixture
+def model_name(request: pytest.FixtureRequest) -> str:
+    """A registered-model name of the test's own (tests share one store per module)."""
+    return "feed-" + re.sub(r"[^A-Za-z0-9_.\-]", "-", request.node.name)[:100]

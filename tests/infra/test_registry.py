@@ -9,10 +9,8 @@ import pytest
 
 from infra.bundle import (
     BundleError,
-    BundleManifest,
     DataWindow,
     read_bundle_manifest,
-    write_bundle_manifest,
 )
 from infra.registry import (
     AliasNotFoundError,
@@ -27,25 +25,10 @@ FEATURES = ("user_ctr_7d", "item_price", "seller_rating")
 WINDOW = DataWindow("2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z")
 
 
-def make_bundle(root: Path, tag: str) -> Path:
-    """A small but complete bundle whose files all contain ``tag``."""
-    (root / "retrieval").mkdir(parents=True)
-    (root / "retrieval" / "item_vectors.npy").write_text(tag)
-    (root / "ranker").mkdir()
-    (root / "ranker" / "model.txt").write_text(tag)
-    (root / "purchase").mkdir()
-    (root / "purchase" / "model.txt").write_text(tag)
-    write_bundle_manifest(root, BundleManifest(
-        components={"retrieval": "retrieval", "ranker": "ranker/model.txt", "purchase_model": "purchase"},
-        feature_list=FEATURES, data_window=WINDOW, created_at="2026-01-12T03:00:00Z",
-        metrics={"ndcg_at_10": 0.4}, metadata={"tag": tag}))
-    return root
-
-
 @pytest.fixture
-def registry(registry_data_dir: Path, request: pytest.FixtureRequest) -> FeedRegistry:
+def registry(registry_data_dir: Path, model_name: str) -> FeedRegistry:
     """The module's embedded registry, with a registered-model name of the test's own."""
-    return FeedRegistry(RegistryConfig(model_name=f"feed-{request.node.name[:60]}"), data_dir=registry_data_dir)
+    return FeedRegistry(RegistryConfig(model_name=model_name), data_dir=registry_data_dir)
 
 
 def test_embedded_store_lives_under_the_data_dir(tmp_path: Path) -> None:
@@ -59,7 +42,7 @@ def test_embedded_store_lives_under_the_data_dir(tmp_path: Path) -> None:
     assert not (tmp_path / "mlflow").exists()  # constructors do no I/O
 
 
-def test_register_two_versions_moves_aliases_and_downloads_by_alias(registry: FeedRegistry, tmp_path: Path) -> None:
+def test_register_two_versions_moves_aliases_and_downloads_by_alias(registry: FeedRegistry, tmp_path: Path, make_bundle) -> None:
     v1 = registry.register_bundle(make_bundle(tmp_path / "b1", "one"), metrics={"auc": 0.71})
     assert registry.aliases() == {"challenger": v1.version}
     assert v1.metrics == {"ndcg_at_10": 0.4, "auc": 0.71}
@@ -93,7 +76,7 @@ def test_register_two_versions_moves_aliases_and_downloads_by_alias(registry: Fe
         registry.rollback(reason="again")
 
 
-def test_promote_and_rollback_are_idempotent(registry: FeedRegistry, tmp_path: Path) -> None:
+def test_promote_and_rollback_are_idempotent(registry: FeedRegistry, tmp_path: Path, make_bundle) -> None:
     v1 = registry.register_bundle(make_bundle(tmp_path / "b1", "one")).version
     registry.promote(v1, reason="first")
     v2 = registry.register_bundle(make_bundle(tmp_path / "b2", "two")).version
@@ -105,7 +88,7 @@ def test_promote_and_rollback_are_idempotent(registry: FeedRegistry, tmp_path: P
     assert registry.aliases() == {"champion": v1}
 
 
-def test_reject_takes_the_challenger_alias_only(registry: FeedRegistry, tmp_path: Path) -> None:
+def test_reject_takes_the_challenger_alias_only(registry: FeedRegistry, tmp_path: Path, make_bundle) -> None:
     v1 = registry.register_bundle(make_bundle(tmp_path / "b1", "one")).version
     registry.promote(v1, reason="first")
     v2 = registry.register_bundle(make_bundle(tmp_path / "b2", "two")).version
