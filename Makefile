@@ -5,13 +5,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: install demo test bench lint clean help
+.PHONY: install demo test bench lint clean help mlflow-ui
 
 help:
 	@echo "make demo    install, then simulate a marketplace and show the result"
 	@echo "make test    install, then run the test suite"
 	@echo "make bench   install, then run the benchmarks (figures printed and written to build/bench/*.json)"
 	@echo "make lint    ruff, and mypy on the public packages"
+	@echo "make mlflow-ui  the MLflow UI of the embedded registry on http://127.0.0.1:5000 (infra.registry.ui_port)"
 
 install: $(STAMP) serving/proto_gen/feedrank_pb2.py
 
@@ -40,6 +41,10 @@ bench: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy features infra experiments
+
+# The embedded registry (SQLite + artifacts under <infra.data_dir>/mlflow), loopback only.
+mlflow-ui: install
+	$(VENV)/bin/feedrank mlflow-ui
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .mypy_cache

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from infra.config import ConfigError, FeedrankConfig, load_config
+from infra.release_cli import add_release_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the effective configuration",
                        description="Print the configuration after defaults, --config and FEEDRANK_* overrides.")
     p.set_defaults(func=_cmd_config)
+
+    add_release_commands(sub)  # rollout start|status|advance|rollback|auto, mlflow-ui
     return parser
 
 
