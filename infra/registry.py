@@ -5,7 +5,7 @@ registry, a SQLite database ``<data_dir>/mlflow/mlflow.db`` with artifacts under
 ``<data_dir>/mlflow/artifacts``, needing no server; a ``tracking_uri`` in the configuration
 (``http://mlflow:5000``, ``postgresql://...``) points the same code at a shared server.
 
-What is registered: one *feed bundle* per version (see :mod:`infra.bundle` for why the
+What is registered: one *feed bundle* per version (see :mod:`serving.bundle` for why the
 retrieval model, ranker and purchase model travel together) under one registered model
 (``infra.registry.model_name``). Each version carries tags: ``metric.<name>`` per metric,
 ``data_window.start``/``data_window.end``, ``feature_list`` (JSON), ``feature_count``,
@@ -48,7 +48,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from infra.bundle import BundleManifest, DataWindow, read_bundle_manifest
+from serving.bundle import BundleManifest, DataWindow, read_bundle_manifest
 from infra.release_config import RegistryConfig
 
 __all__ = [
@@ -347,7 +347,7 @@ class FeedRegistry:
         Parameters
         ----------
         bundle_dir : path
-            A folder with a valid ``bundle.json`` (see :mod:`infra.bundle`).
+            A folder with a valid ``bundle.json`` (see :mod:`serving.bundle`).
         metrics : mapping of str to float, optional
             Evaluation metrics; merged over the manifest's ``metrics``, logged to the run and
             tagged on the version as ``metric.<name>``.

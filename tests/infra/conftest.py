@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.bundle import BundleManifest, DataWindow, write_bundle_manifest
+from serving.bundle import BundleManifest, DataWindow, write_bundle_manifest
 
 BUNDLE_FEATURES = ("user_ctr_7d", "item_price", "seller_rating")
 BUNDLE_WINDOW = DataWindow("2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z")

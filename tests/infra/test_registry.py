@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.bundle import (
+from serving.bundle import (
     BundleError,
     DataWindow,
     read_bundle_manifest,
