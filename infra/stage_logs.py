@@ -47,20 +47,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from serving.impression_log import REQUEST_METRICS_SCHEMA  # the schema serving writes
+
 __all__ = ["REQUEST_METRICS_SCHEMA", "StageLogs", "StageLogsError", "read_stage_logs"]
 
 logger = logging.getLogger(__name__)
 
-REQUEST_METRICS_SCHEMA = pa.schema([
-    pa.field("request_key", pa.string(), nullable=False),
-    pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("user_id", pa.int64(), nullable=False),
-    pa.field("arm", pa.string(), nullable=False),
-    pa.field("model_version", pa.string()),
-    pa.field("latency_ms", pa.float64(), nullable=False),
-    pa.field("error", pa.bool_(), nullable=False),
-    pa.field("status_code", pa.string()),
-])
 
 IMPRESSION_COLUMNS = ("impression_id", "ts", "user_id", "arm", "request_key")
 EVENT_COLUMNS = ("ts", "type", "impression_id", "quantity", "price_paid")

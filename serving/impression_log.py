@@ -1,10 +1,15 @@
-"""Asynchronous impression log: every served impression, to rolling Parquet files (and Kafka).
+"""Asynchronous serving logs: impressions and request metrics, to rolling Parquet files (and Kafka).
 
 The request path only enqueues (``log`` never blocks and never raises); a background thread
-batches rows and writes them as Parquet part files under ``<out_dir>/impressions/``, rotating
-by row count and age, each file written under a temporary name and renamed when complete.
-The files follow the event-log contract's ``impressions`` table (plus ``arm``, ``score`` and
-``request_key``, which the ETL ignores), so the next training run reads them as they are.
+batches rows and writes them as Parquet part files under ``<out_dir>/<subdir>/``, rotating by
+row count and age, each file written under a temporary name (starting with ``.``) and renamed
+when complete.
+
+- :class:`ImpressionLog` (``impressions/``): every served impression, in the event-log
+  contract's ``impressions`` table plus ``arm``, ``score`` and ``request_key`` (which the ETL
+  ignores), so the next training run reads them as they are.
+- :class:`RequestLog` (``requests/``): one row per RankFeed call, failed ones included, in
+  :data:`REQUEST_METRICS_SCHEMA`; the rollout controller compares arms on it.
 
 A publisher callable (e.g. a Kafka producer) may also receive every batch; its failures are
 counted and logged, never propagated to requests.
@@ -20,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -27,12 +33,24 @@ import pyarrow.parquet as pq
 
 from features.contract import arrow_schema
 
-__all__ = ["ImpressionBatch", "ImpressionLog", "LOG_SCHEMA", "stable_id"]
+__all__ = ["ImpressionBatch", "ImpressionLog", "LOG_SCHEMA", "REQUEST_METRICS_SCHEMA", "RequestLog", "RequestRecord",
+           "RollingParquetLog", "stable_id"]
 
 logger = logging.getLogger(__name__)
 
 LOG_SCHEMA = pa.schema(list(arrow_schema("impressions")) + [
     pa.field("arm", pa.string()), pa.field("score", pa.float64()), pa.field("request_key", pa.string())])
+
+REQUEST_METRICS_SCHEMA = pa.schema([
+    pa.field("request_key", pa.string(), nullable=False),
+    pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("user_id", pa.int64(), nullable=False),
+    pa.field("arm", pa.string(), nullable=False),
+    pa.field("model_version", pa.string()),
+    pa.field("latency_ms", pa.float64(), nullable=False),
+    pa.field("error", pa.bool_(), nullable=False),
+    pa.field("status_code", pa.string()),
+])
 
 
 def stable_id(*parts: object) -> int:
@@ -77,13 +95,38 @@ class ImpressionBatch:
         ], schema=LOG_SCHEMA)
 
 
-class ImpressionLog:
-    """Background writer of :class:`ImpressionBatch` rows.
+@dataclass(frozen=True)
+class RequestRecord:
+    """The metrics of one RankFeed call (see :data:`REQUEST_METRICS_SCHEMA`)."""
+
+    request_key: str
+    ts_us: int
+    user_id: int
+    arm: str
+    model_version: str | None
+    latency_ms: float
+    error: bool
+    status_code: str
+
+    def to_arrow(self) -> pa.Table:
+        return pa.Table.from_pylist([{
+            "request_key": self.request_key, "ts": self.ts_us, "user_id": self.user_id, "arm": self.arm,
+            "model_version": self.model_version, "latency_ms": self.latency_ms, "error": self.error,
+            "status_code": self.status_code}], schema=REQUEST_METRICS_SCHEMA)
+
+
+class _Record(Protocol):
+    def to_arrow(self) -> pa.Table: ...
+
+
+class RollingParquetLog:
+    """Background writer of records (anything with ``to_arrow()``) to rolling Parquet files.
 
     Parameters
     ----------
     out_dir : path
-        Part files go to ``<out_dir>/impressions/``.
+        Part files go to ``<out_dir>/<subdir>/``.
+    subdir : str
     rotate_rows : int
         Start a new file after this many rows...
     rotate_seconds : float
@@ -95,13 +138,13 @@ class ImpressionLog:
         Called with each Arrow batch (e.g. to publish to Kafka).
     """
 
-    def __init__(self, out_dir: str | Path, *, rotate_rows: int = 50_000, rotate_seconds: float = 30.0,
+    def __init__(self, out_dir: str | Path, subdir: str, *, rotate_rows: int = 50_000, rotate_seconds: float = 30.0,
                  queue_size: int = 10_000, publisher: Callable[[pa.Table], None] | None = None) -> None:
-        self.out_dir = Path(out_dir) / "impressions"
+        self.out_dir = Path(out_dir) / subdir
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
         self.publisher = publisher
-        self._queue: queue.Queue[ImpressionBatch | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[_Record | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.rows_written = 0
@@ -109,13 +152,13 @@ class ImpressionLog:
         self.publish_errors = 0
         self.files_written = 0
 
-    def start(self) -> ImpressionLog:
+    def start(self) -> RollingParquetLog:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self._run, name="impression-log", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"log-{self.out_dir.name}", daemon=True)
         self._thread.start()
         return self
 
-    def log(self, batch: ImpressionBatch) -> bool:
+    def log(self, batch: _Record) -> bool:
         """Enqueue a batch; False (and counted) when the queue is full or the log is closed."""
         if self._thread is None:
             with self._lock:
@@ -166,7 +209,7 @@ class ImpressionLog:
             self.publisher(table)
         except Exception:  # a failing publisher must never break logging or serving
             self.publish_errors += 1
-            logger.warning("impression publisher failed (%d so far)", self.publish_errors, exc_info=True)
+            logger.warning("log publisher failed (%d so far)", self.publish_errors, exc_info=True)
 
     def _flush(self, buffer: list[pa.Table]) -> None:
         if not buffer:
@@ -178,7 +221,25 @@ class ImpressionLog:
             pq.write_table(table, tmp)
             tmp.rename(self.out_dir / name)
         except OSError:
-            logger.exception("could not write impression log file %s; %d rows lost", name, table.num_rows)
+            logger.exception("could not write log file %s; %d rows lost", name, table.num_rows)
             return
         self.files_written += 1
         self.rows_written += table.num_rows
+
+
+class ImpressionLog(RollingParquetLog):
+    """Served impressions (:class:`ImpressionBatch`) under ``<out_dir>/impressions/``."""
+
+    def __init__(self, out_dir: str | Path, *, rotate_rows: int = 50_000, rotate_seconds: float = 30.0,
+                 queue_size: int = 10_000, publisher: Callable[[pa.Table], None] | None = None) -> None:
+        super().__init__(out_dir, "impressions", rotate_rows=rotate_rows, rotate_seconds=rotate_seconds,
+                         queue_size=queue_size, publisher=publisher)
+
+
+class RequestLog(RollingParquetLog):
+    """Per-call request metrics (:class:`RequestRecord`) under ``<out_dir>/requests/``."""
+
+    def __init__(self, out_dir: str | Path, *, rotate_rows: int = 50_000, rotate_seconds: float = 30.0,
+                 queue_size: int = 10_000) -> None:
+        super().__init__(out_dir, "requests", rotate_rows=rotate_rows, rotate_seconds=rotate_seconds,
+                         queue_size=queue_size)

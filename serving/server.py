@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from serving.config import ServingConfig
 from serving.errors import DeadlineExceeded, InvalidArgument, ModelUnavailable, Unauthenticated
+from serving.impression_log import RequestLog, RequestRecord
 from serving.metrics import ServingMetrics, StageTimer
 from serving.proto_gen import feedrank_pb2 as pb
 from serving.proto_gen import feedrank_pb2_grpc as pb_grpc
@@ -104,15 +105,18 @@ class AdminAuthInterceptor(grpc.ServerInterceptor):
 class FeedRankerService(pb_grpc.FeedRankerServicer):
     """RankFeed: validate, route to an arm, run that arm's pipeline, answer."""
 
-    def __init__(self, config: ServingConfig, router: Router, metrics: ServingMetrics) -> None:
+    def __init__(self, config: ServingConfig, router: Router, metrics: ServingMetrics,
+                 request_log: RequestLog | None = None) -> None:
         self._config = config
         self._router = router
         self._metrics = metrics
+        self._request_log = request_log
         self.requests_served = 0
 
     def RankFeed(self, request: pb.RankFeedRequest, context: grpc.ServicerContext) -> pb.RankFeedResponse:  # noqa: N802
         start = time.perf_counter()
         arm, code = "none", grpc.StatusCode.OK
+        feed_request, pipeline = None, None
         try:
             feed_request = parse_request(request, self._config.limits)
             arm, pipeline = self._router.pick(feed_request.user_id)
@@ -138,6 +142,12 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
             ms = (time.perf_counter() - start) * 1000.0
             self._metrics.requests.labels(arm=arm, code=code.name).inc()
             self._metrics.stage_latency.labels(stage="total", arm=arm).observe(ms)
+            if self._request_log is not None and feed_request is not None and pipeline is not None:
+                self._request_log.log(RequestRecord(
+                    request_key=feed_request.request_id, ts_us=feed_request.ts_us, user_id=feed_request.user_id,
+                    arm=arm, model_version=pipeline.versions.ranker, latency_ms=ms,
+                    error=code not in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT),
+                    status_code=code.name))
             access_log.info(json.dumps({"request_id": request.request_id, "user_id": request.user_id, "arm": arm,
                                         "code": code.name, "latency_ms": round(ms, 3), "k": request.k}))
 
@@ -171,10 +181,12 @@ class AdminService(pb_grpc.FeedRankerAdminServicer):
 
 
 def create_server(config: ServingConfig, router: Router, *, address: str | None = None,
-                  metrics: ServingMetrics | None = None) -> tuple[grpc.Server, int]:
+                  metrics: ServingMetrics | None = None,
+                  request_log: RequestLog | None = None) -> tuple[grpc.Server, int]:
     """Build and start the server; return it and the bound port.
 
     ``address`` defaults to ``host:port`` from the config; pass ``"127.0.0.1:0"`` for a free port.
+    ``request_log``, when given, receives one :class:`RequestRecord` per routed call.
     """
     metrics = metrics or ServingMetrics()
     token = os.environ.get(config.admin_token_env) or None
@@ -184,7 +196,7 @@ def create_server(config: ServingConfig, router: Router, *, address: str | None 
         interceptors=[AdminAuthInterceptor(token), ErrorInterceptor()],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
-    feed = FeedRankerService(config, router, metrics)
+    feed = FeedRankerService(config, router, metrics, request_log)
     pb_grpc.add_FeedRankerServicer_to_server(feed, server)
     pb_grpc.add_FeedRankerAdminServicer_to_server(AdminService(router, feed, metrics), server)
     health_servicer = health.HealthServicer()
@@ -218,14 +230,15 @@ def stop_gracefully(server: grpc.Server, grace_seconds: float) -> None:
     server.stop(grace_seconds).wait()
 
 
-def serve(config: ServingConfig, router: Router, *, metrics: ServingMetrics | None = None) -> None:
+def serve(config: ServingConfig, router: Router, *, metrics: ServingMetrics | None = None,
+          request_log: RequestLog | None = None) -> None:
     """Serve until SIGTERM/SIGINT; expose Prometheus metrics when ``metrics_port`` is set."""
     metrics = metrics or ServingMetrics()
     if config.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
-    server, port = create_server(config, router, metrics=metrics)
+    server, port = create_server(config, router, metrics=metrics, request_log=request_log)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

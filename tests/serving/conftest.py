@@ -36,6 +36,12 @@ def popularity_state(snapshot, version: str, share: float = 0.0, impression_log=
                        salt="test-salt")
 
 
+@pytest.fixture(scope="session")
+def make_state():
+    """``make_state(snapshot, version, share=0.0, impression_log=None) -> RouterState``."""
+    return popularity_state
+
+
 @pytest.fixture()
 def server(snapshot):
     """(stub, admin_stub, router, versions list) over a running server; versions[-1] is what reload loads."""

@@ -53,3 +53,16 @@ def test_full_queue_drops_and_counts(tmp_path):
     log = ImpressionLog(tmp_path, queue_size=1)
     assert not log.log(batch(0))  # not started
     assert log.batches_dropped == 1
+
+
+def test_request_log_rows_follow_the_request_metrics_schema(tmp_path):
+    from serving.impression_log import REQUEST_METRICS_SCHEMA, RequestLog, RequestRecord
+
+    log = RequestLog(tmp_path).start()
+    for i in range(3):
+        log.log(RequestRecord(request_key=f"r{i}", ts_us=1_767_600_000_000_000, user_id=i, arm="champion",
+                              model_version="3", latency_ms=4.5, error=i == 2, status_code="OK"))
+    log.close()
+    table = ds.dataset(tmp_path / "requests", format="parquet").to_table()
+    assert table.schema.equals(REQUEST_METRICS_SCHEMA, check_metadata=False)
+    assert table["error"].to_pylist() == [False, False, True]

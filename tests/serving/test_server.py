@@ -164,3 +164,35 @@ def test_failed_reload_keeps_serving(server, monkeypatch):
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert router.state is before
     assert len(stub.RankFeed(req(), timeout=5).items) == 20
+
+
+def test_every_routed_call_is_recorded_for_the_rollout(snapshot, make_state, tmp_path):
+    import pyarrow.dataset as ds
+
+    from serving.config import ServingConfig
+    from serving.impression_log import ImpressionLog, RequestLog
+    from serving.proto_gen import feedrank_pb2_grpc as pb_grpc
+    from serving.router import Router
+    from serving.server import create_server, stop_gracefully
+
+    impressions = ImpressionLog(tmp_path).start()
+    requests = RequestLog(tmp_path).start()
+    router = Router(lambda: make_state(snapshot, "v1", share=0.5, impression_log=impressions))
+    srv, port = create_server(ServingConfig(), router, address="127.0.0.1:0", request_log=requests)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.FeedRankerStub(channel)
+            for u in range(12):
+                stub.RankFeed(req(request_id=f"q{u}", user_id=str(u), k=10), timeout=5)
+            with pytest.raises(grpc.RpcError):
+                stub.RankFeed(req(request_id="bad", k=0), timeout=5)  # rejected before routing: not an arm's
+    finally:
+        stop_gracefully(srv, 1.0)
+        impressions.close()
+        requests.close()
+    rows = ds.dataset(tmp_path / "requests", format="parquet").to_table().to_pandas()
+    assert len(rows) == 12 and set(rows["arm"]) == {"champion", "challenger"} and not rows["error"].any()
+    imps = ds.dataset(tmp_path / "impressions", format="parquet").to_table().to_pandas()
+    assert len(imps) == 120 and set(imps["request_key"]) == set(rows["request_key"])
+    by_arm = imps.groupby("request_key")["arm"].first()
+    assert (by_arm.reindex(rows["request_key"]).to_numpy() == rows["arm"].to_numpy()).all()
