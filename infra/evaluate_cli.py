@@ -1,0 +1,72 @@
+"""``feedrank evaluate``: the offline evaluation report of a model's scored data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from infra.config import FeedrankConfig
+
+__all__ = ["add_evaluate_command"]
+
+
+def _cmd_evaluate(args: argparse.Namespace, config: FeedrankConfig) -> int:
+    from experiments.evaluate import EvaluationConfig, evaluate_scored, read_scored
+
+    scored = Path(args.scored)
+    try:
+        data = read_scored(scored)
+        eval_cfg = EvaluationConfig(k_values=tuple(args.k))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"feedrank evaluate: {exc}", file=sys.stderr)
+        return 2
+    tracking_uri = None
+    if args.mlflow_run_id:
+        from infra.registry import embedded_tracking_uri
+
+        tracking_uri = args.tracking_uri or config.infra.registry.tracking_uri or \
+            embedded_tracking_uri(config.infra.data_dir)
+    version = args.model_version or scored.stem
+    try:
+        report = evaluate_scored(data, args.out, model_version=version, config=eval_cfg,
+                                 run=args.mlflow_run_id, tracking_uri=tracking_uri)
+    except (TypeError, ValueError) as exc:
+        print(f"feedrank evaluate: invalid scored data in {scored}: {exc}", file=sys.stderr)
+        return 2
+    m = report.metrics
+    k = str(eval_cfg.k_values[-1])
+    print(f"evaluated {version}: {m['meta']['rows']:,} impressions, {m['meta']['requests']:,} requests")
+    print(f"NDCG@{k}: model {m['ranking']['model']['ndcg'][k]:.4f} (logged order "
+          f"{m['ranking']['logged']['ndcg'][k]:.4f}); IPS-NDCG@{k}: model {m['ranking']['model']['ips_ndcg'][k]:.4f}")
+    print(f"calibration: ECE {m['calibration']['ece']:.4f}, log loss {m['calibration']['log_loss']:.4f}")
+    ope = m["off_policy"]
+    if ope.get("rows"):
+        print(f"off-policy GMV per slot: logged {ope['logged']['value']:.4f}; model DR {ope['dr']['value']:.4f} "
+              f"[{ope['dr']['ci_low']:.4f}, {ope['dr']['ci_high']:.4f}]")
+    print(f"report: {Path(report.out_dir) / 'report.md'}")
+    if args.mlflow_run_id:
+        print(f"logged to MLflow run {args.mlflow_run_id} at {tracking_uri}")
+    return 0
+
+
+def add_evaluate_command(sub: Any) -> None:
+    """Register ``evaluate`` on the ``feedrank`` subparsers ``sub``."""
+    p = sub.add_parser(
+        "evaluate", help="write the offline evaluation report of scored data",
+        description="Evaluate a model on scored logged impressions (Parquet or CSV; one row per impression with "
+                    "request_id, item_id, position, label, score, p_purchase, purchased, price, propensity, "
+                    "is_new_seller, and optionally margin_rate and pscore: see experiments/evaluate.py). Writes "
+                    "report.md, metrics.json and PNG plots (NDCG by K, calibration, off-policy intervals, "
+                    "exposure) to --out, and logs them to an MLflow run when --mlflow-run-id is given.")
+    p.add_argument("scored", help="Parquet file or folder, or CSV file, of scored evaluation data")
+    p.add_argument("--out", required=True, help="report folder (created)")
+    p.add_argument("--model-version", help="name of the model in the report (default: the file's stem)")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 3, 5, 10, 20], metavar="K",
+                   help="NDCG cut-offs (default: 1 3 5 10 20)")
+    p.add_argument("--mlflow-run-id", metavar="RUN_ID",
+                   help="also log metrics (eval_*) and the report (artifacts under evaluation/) to this run")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="MLflow tracking URI of that run (default: infra.registry, embedded under infra.data_dir)")
+    p.set_defaults(func=_cmd_evaluate)
