@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from infra.config import ConfigError, FeedrankConfig, load_config
+from infra.evaluate_cli import add_evaluate_command
 from infra.release_cli import add_release_commands
 
 __all__ = ["main", "build_parser"]
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
 
     add_release_commands(sub)  # rollout start|status|advance|rollback|auto, mlflow-ui
+    add_evaluate_command(sub)  # evaluate SCORED --out DIR [--mlflow-run-id ID]
     return parser
 
 
