@@ -25,6 +25,7 @@ from experiments.config import ExperimentsConfig
 from features.config import ConfigValueError, FeaturesConfig, check
 from infra.release_config import RegistryConfig, RolloutConfig
 from ranking.config import RankingConfig
+from retrieval.config import RetrievalConfig
 from serving.config import ServingConfig
 
 __all__ = ["ConfigError", "FeedrankConfig", "InfraConfig", "RegistryConfig", "RolloutConfig", "DEFAULTS_PATH",
@@ -58,6 +59,7 @@ class FeedrankConfig:
 
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
     infra: InfraConfig = field(default_factory=InfraConfig)
