@@ -264,13 +264,14 @@ def ranking_metrics(scores: np.ndarray, frame: pd.DataFrame, eval_at: tuple[int,
 
 @dataclass(frozen=True)
 class PurchaseFit:
-    """The purchase model, its calibrator, held-out metrics and the held-out slice's predictions."""
+    """The purchase model, its calibrator, held-out metrics, and the held-out rows with their predictions."""
 
     model: PurchaseModel
     calibrator: IsotonicCalibrator
     features: list[str]
     metrics: dict[str, Any]
     window: dict[str, dict[str, Any]]
+    heldout_rows: pd.DataFrame
     heldout_y: np.ndarray
     heldout_raw: np.ndarray
     heldout_calibrated: np.ndarray
@@ -331,7 +332,8 @@ def fit_purchase_model(frame: pd.DataFrame, features: list[str], config: Ranking
     model.fit(Xt, yt, sample_weight=wt, eval_set=(Xv, yv, wv), feature_names=names)
     calibrator = IsotonicCalibrator().fit(model.predict_proba(Xv), yv, sample_weight=wv)
     heldout_name = "test" if len(slices.test) else "valid"
-    Xh, yh, wh = arrays(slices.test) if len(slices.test) else (Xv, yv, wv)
+    heldout_rows = slices.test if len(slices.test) else slices.valid
+    Xh, yh, wh = arrays(heldout_rows)
     raw = model.predict_proba(Xh)
     cal = calibrator.predict(raw)
     uncal = _binary_metrics(yh.astype(float), raw, wh, config.calibration_bins)
@@ -342,7 +344,7 @@ def fit_purchase_model(frame: pd.DataFrame, features: list[str], config: Ranking
     logger.info("purchase model: held-out ECE %.5f -> %.5f after isotonic (base rate %.5f)",
                 uncal["ece"], calm["ece"], calm["base_rate"])
     return PurchaseFit(model=model, calibrator=calibrator, features=names, metrics=metrics, window=slices.window(),
-                       heldout_y=yh.astype(float), heldout_raw=raw, heldout_calibrated=cal, heldout_weight=wh)
+                       heldout_rows=heldout_rows, heldout_y=yh.astype(float), heldout_raw=raw, heldout_calibrated=cal, heldout_weight=wh)
 
 
 @dataclass(frozen=True)
