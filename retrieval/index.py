@@ -1,0 +1,174 @@
+"""FAISS inner-product index over item vectors, chosen by catalog size.
+
+Below ``IndexConfig.exact_threshold`` items the index is exact (``IndexFlatIP``); above it,
+HNSW (``IndexHNSWFlat``) or IVF (``IndexIVFFlat``) with the configured parameters. Rows of
+the index are catalog rows. Searches may be restricted to allowed rows (out-of-stock items
+are left out inside FAISS, with an ``IDSelectorBitmap``); FAISS answers -1 where it finds
+fewer than k results, and the caller pads.
+
+Importing this module imports faiss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import faiss
+import numpy as np
+
+from retrieval.config import IndexConfig
+
+__all__ = ["INDEX_KINDS", "ItemIndex", "ann_recall_score", "faiss_threads"]
+
+logger = logging.getLogger(__name__)
+
+INDEX_KINDS: tuple[str, ...] = ("exact", "hnsw", "ivf")
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """Run a block with ``faiss.omp_set_num_threads(n)``, restoring the previous count after."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+class ItemIndex:
+    """A FAISS index whose ids are catalog rows.
+
+    Parameters
+    ----------
+    index : faiss.Index
+    kind : {"exact", "hnsw", "ivf"}
+    config : IndexConfig
+        Search parameters (``hnsw_ef_search``, ``ivf_nprobe``, ``faiss_threads``).
+
+    Use :meth:`build` or :meth:`load` rather than the constructor.
+    """
+
+    def __init__(self, index: Any, kind: str, config: IndexConfig) -> None:
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"kind must be one of {list(INDEX_KINDS)}, got {kind!r}")
+        self.index = index
+        self.kind = kind
+        self.config = config
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, config: IndexConfig, *, kind: str | None = None, seed: int = 0) -> ItemIndex:
+        """Index ``vectors`` (float32, shape (n, d)); ``kind`` overrides the choice by size.
+
+        Raises
+        ------
+        ValueError
+            ``vectors`` is not a finite 2-D array, or ``kind`` is unknown.
+        """
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] < 1:
+            raise ValueError(f"vectors must have shape (n_items, dim), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError("vectors must be finite")
+        n, d = x.shape
+        if kind is None:
+            kind = "exact" if n < config.exact_threshold else config.ann
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"kind must be one of {list(INDEX_KINDS)}, got {kind!r}")
+        index: Any
+        with faiss_threads(os.cpu_count() or 1):
+            if kind == "exact":
+                index = faiss.IndexFlatIP(d)
+            elif kind == "hnsw":
+                index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = config.hnsw_ef_construction
+            else:
+                nlist = config.ivf_nlist or max(1, int(4 * math.sqrt(n)))
+                nlist = max(1, min(nlist, n // 39 or 1))
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+                sample = x
+                if n > 256 * nlist:
+                    sample = x[np.sort(np.random.default_rng(seed).choice(n, 256 * nlist, replace=False))]
+                index.cp.seed = seed
+                index.train(sample)
+            if n:
+                index.add(x)
+        logger.info("built %s index over %d items of dim %d", kind, n, d)
+        return cls(index, kind, config)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows by inner product.
+
+        Parameters
+        ----------
+        queries : ndarray of float32, shape (n, d)
+        k : int
+        allowed : ndarray of bool, shape (ntotal,), optional
+            Only these rows may be returned.
+
+        Returns
+        -------
+        scores : ndarray of float32, shape (n, k)
+        rows : ndarray of int64, shape (n, k)
+            -1 where fewer than ``k`` rows were found.
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        k = int(k)
+        if k < 1 or len(q) == 0 or self.ntotal == 0:
+            return np.zeros((len(q), max(k, 0)), np.float32), np.full((len(q), max(k, 0)), -1, np.int64)
+        fx: Any = faiss  # the SWIG wrappers' keyword constructors are not in faiss's type stubs
+        sel = None
+        if allowed is not None and not allowed.all():
+            sel = fx.IDSelectorBitmap(np.packbits(np.asarray(allowed, dtype=bool), bitorder="little"))
+        if self.kind == "hnsw":
+            params = fx.SearchParametersHNSW(efSearch=max(self.config.hnsw_ef_search, k), sel=sel)
+        elif self.kind == "ivf":
+            params = fx.SearchParametersIVF(nprobe=self.config.ivf_nprobe, sel=sel)
+        else:
+            params = fx.SearchParameters(sel=sel)
+        with faiss_threads(self.config.faiss_threads):
+            scores, rows = self.index.search(q, k, params=params)
+        return scores, rows.astype(np.int64)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index with ``faiss.write_index``."""
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], kind: str, config: IndexConfig) -> ItemIndex:
+        """Read an index written by :meth:`save`."""
+        return cls(faiss.read_index(str(path)), kind, config)
+
+
+def ann_recall_score(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
+    """Mean share of each query's exact top-k that the approximate top-k also found.
+
+    Parameters
+    ----------
+    approx_rows, exact_rows : ndarray of int64, shape (n, k)
+        -1 entries (no result) of ``exact_rows`` are not counted.
+    """
+    approx = np.asarray(approx_rows)
+    exact = np.asarray(exact_rows)
+    if approx.shape[0] != exact.shape[0]:
+        raise ValueError(f"approx_rows and exact_rows must have the same number of queries, "
+                         f"got {approx.shape[0]} and {exact.shape[0]}")
+    shares = []
+    for a, e in zip(approx, exact, strict=True):
+        e = e[e >= 0]
+        if len(e):
+            shares.append(np.isin(e, a[a >= 0]).mean())
+    return float(np.mean(shares)) if shares else float("nan")
