@@ -44,6 +44,9 @@ class TwoTowerConfig:
     id_dropout : float
         Probability, per training example, of hiding the item-id (and user-id) embedding so the
         towers learn to work from content alone; unseen ids are always hidden at inference.
+    min_item_examples : int
+        An item's id embedding is used (in training and serving) only once it had this many training
+        positives; sparser and brand-new items get a vector from content alone.
     """
 
     embedding_dim: int = 32
@@ -59,6 +62,7 @@ class TwoTowerConfig:
     hour_bands: tuple[int, ...] = (0, 6, 12, 18)
     new_seller_days: float = 30.0
     id_dropout: float = 0.3
+    min_item_examples: int = 5
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "id_dim", "feature_dim", "hidden_dim", "user_buckets", "item_buckets",
@@ -70,6 +74,7 @@ class TwoTowerConfig:
               and bands[-1] <= 23, "hour_bands", "ascending hours in [0, 23] starting at 0", bands)
         check(self.new_seller_days > 0, "new_seller_days", "> 0", self.new_seller_days)
         check(0.0 <= self.id_dropout < 1.0, "id_dropout", "in [0, 1)", self.id_dropout)
+        check(self.min_item_examples >= 1, "min_item_examples", ">= 1", self.min_item_examples)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,9 @@ class TrainingConfig:
         raised by ``exposure_weight * log e(item)``, where ``e`` is the item's share of impressions, so
         the model explains "shown often" by exposure and learns the preference that remains
         (0 = learn the logged distribution, exposure included).
+    feed_weight : float
+        Loss weight of examples the feed showed, relative to off-feed ones (search, direct): below 1,
+        the model leans on what buyers seek out rather than on what the logging policy exposed.
     validation_positives : {"all", "off_feed"}
         Which held-out positives early stopping recalls: all, or only those the feed did not show
         (search and direct traffic, which the logging policy's exposure does not drive). Logged feed
@@ -120,6 +128,7 @@ class TrainingConfig:
     temperature: float = 0.05
     logq_weight: float = 1.0
     exposure_weight: float = 0.0
+    feed_weight: float = 1.0
     validation_positives: str = "off_feed"
     batch_size: int = 256
     max_epochs: int = 20
@@ -140,6 +149,7 @@ class TrainingConfig:
         check(self.temperature > 0, "temperature", "> 0", self.temperature)
         check(self.logq_weight >= 0, "logq_weight", ">= 0", self.logq_weight)
         check(self.exposure_weight >= 0, "exposure_weight", ">= 0", self.exposure_weight)
+        check(self.feed_weight > 0, "feed_weight", "> 0", self.feed_weight)
         check(self.validation_positives in ("all", "off_feed"), "validation_positives", "one of ['all', 'off_feed']",
               self.validation_positives)
         for name in ("batch_size", "max_epochs", "patience", "early_stopping_k", "max_validation_users",

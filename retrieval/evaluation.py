@@ -1,0 +1,169 @@
+"""Offline evaluation of retrievers on a time split: recall@K of what users did later.
+
+Queries are the users with at least one target event in ``[start_us, end_us)``; a user's
+targets are the distinct items of those events, and the request context is the user's first
+activity in the window (its device and UTC hour), i.e. the next visit. Retrievers only know
+what happened before ``start_us`` (they were built as of it), so nothing leaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.contract import EVENT_TYPES
+from retrieval.inputs import HOUR_US
+from retrieval.logs import EventLog
+from retrieval.retriever import RequestContext, Retriever
+
+__all__ = ["EvaluationQueries", "evaluate_retrievers", "recall_at_k_score", "time_split_queries"]
+
+
+@dataclass(frozen=True)
+class EvaluationQueries:
+    """Users, their request context and their target items.
+
+    Attributes
+    ----------
+    user_ids : ndarray of int64, shape (n,)
+    context : RequestContext
+        One device and hour per user.
+    targets : tuple of ndarray of int64
+        Distinct target item ids per user.
+    """
+
+    user_ids: np.ndarray
+    context: RequestContext
+    targets: tuple[np.ndarray, ...]
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def subset(self, mask: np.ndarray) -> EvaluationQueries:
+        """The queries where ``mask`` (bool, shape (n,)) is true."""
+        return self.take(np.flatnonzero(mask))
+
+    def take(self, idx: np.ndarray) -> EvaluationQueries:
+        """The queries at positions ``idx``."""
+        devices = list(self.context.device) if isinstance(self.context.device, list | tuple) else [None] * len(self)
+        return EvaluationQueries(
+            user_ids=self.user_ids[idx],
+            context=RequestContext(device=[devices[i] for i in idx], hour=np.asarray(self.context.hour)[idx]),
+            targets=tuple(self.targets[i] for i in idx))
+
+
+def time_split_queries(log: EventLog, *, start_us: int, end_us: int, event_types: Sequence[str] = ("purchase",),
+                       off_feed_only: bool = False, new_items_only: bool = False) -> EvaluationQueries:
+    """Targets from events in ``[start_us, end_us)``.
+
+    Parameters
+    ----------
+    log : EventLog
+    start_us, end_us : int
+    event_types : sequence of str
+        Event types that are targets (e.g. ``("purchase",)`` or ``("click", "purchase")``).
+    off_feed_only : bool
+        Keep only events without an impression (search and direct traffic, not the logging policy's exposure).
+    new_items_only : bool
+        Drop targets the user had any event or impression for before ``start_us`` (no repeats).
+
+    Raises
+    ------
+    ValueError
+        ``end_us <= start_us`` or an unknown event type.
+    """
+    if end_us <= start_us:
+        raise ValueError(f"end_us must be after start_us, got start_us={start_us}, end_us={end_us}")
+    unknown = set(event_types) - set(EVENT_TYPES)
+    if unknown or not event_types:
+        raise ValueError(f"event_types must be a non-empty subset of {list(EVENT_TYPES)}, got {list(event_types)}")
+    ev = log.events
+    ts = ev["ts_us"].to_numpy()
+    codes = [EVENT_TYPES.index(t) for t in event_types]
+    mask = (ts >= start_us) & (ts < end_us) & np.isin(ev["type"].to_numpy(), codes)
+    if off_feed_only:
+        mask &= ev["impression_id"].to_numpy() < 0
+    target = ev.loc[mask, ["user_id", "item_id"]].drop_duplicates()
+    if new_items_only:
+        before_ev = ev.loc[ts < start_us, ["user_id", "item_id"]]
+        imp = log.impressions
+        before_imp = imp.loc[imp["ts_us"].to_numpy() < start_us, ["user_id", "item_id"]]
+        seen = pd.concat([before_ev, before_imp]).drop_duplicates()
+        target = target.merge(seen, on=["user_id", "item_id"], how="left", indicator=True)
+        target = target[target["_merge"] == "left_only"].drop(columns="_merge")
+    target = target.sort_values(["user_id", "item_id"], kind="stable")
+    users = target["user_id"].unique()
+
+    # Context: the user's first activity (impression or event) in the window.
+    imp = log.impressions
+    imp_w = imp.loc[(imp["ts_us"].to_numpy() >= start_us) & (imp["ts_us"].to_numpy() < end_us),
+                    ["user_id", "ts_us", "device"]]
+    ev_w = ev.loc[(ts >= start_us) & (ts < end_us), ["user_id", "ts_us", "impression_id"]]
+    device_of_imp = pd.Series(imp["device"].to_numpy(), index=imp["impression_id"].to_numpy())
+    device_of_imp = device_of_imp[~device_of_imp.index.duplicated()]
+    ev_w = ev_w.assign(device=device_of_imp.reindex(ev_w["impression_id"].to_numpy()).fillna("").to_numpy())
+    activity = pd.concat([imp_w, ev_w[["user_id", "ts_us", "device"]]]).sort_values("ts_us", kind="stable")
+    first = activity.drop_duplicates("user_id").set_index("user_id").reindex(users)
+    hours = ((first["ts_us"].to_numpy() // HOUR_US) % 24).astype(np.int64)
+    devices = [d if isinstance(d, str) and d else None for d in first["device"].to_numpy()]
+    groups = target.groupby("user_id", sort=True)["item_id"]
+    targets = tuple(np.asarray(groups.get_group(u), dtype=np.int64) for u in users)
+    return EvaluationQueries(user_ids=np.asarray(users, dtype=np.int64),
+                             context=RequestContext(device=devices, hour=hours), targets=targets)
+
+
+def recall_at_k_score(retrieved: np.ndarray, targets: Sequence[np.ndarray], k: int) -> float:
+    """Mean over users of ``|top-k retrieved ∩ targets| / |targets|``.
+
+    Parameters
+    ----------
+    retrieved : ndarray of int64, shape (n, K)
+        Item ids per user, best first; K >= k.
+    targets : sequence of n arrays of item ids
+        Users without targets are not counted.
+    k : int
+
+    Raises
+    ------
+    ValueError
+        Shapes disagree or ``k`` is out of ``[1, K]``.
+    """
+    retrieved = np.asarray(retrieved)
+    if retrieved.ndim != 2 or retrieved.shape[0] != len(targets):
+        raise ValueError(f"retrieved must have shape (len(targets)={len(targets)}, K), got {retrieved.shape}")
+    if not 1 <= k <= retrieved.shape[1]:
+        raise ValueError(f"k must be in [1, {retrieved.shape[1]}], got {k}")
+    per_user = _recall_per_user(retrieved[:, :k], targets)
+    return float(np.nanmean(per_user)) if np.isfinite(per_user).any() else float("nan")
+
+
+def _recall_per_user(retrieved: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
+    out = np.full(len(targets), np.nan)
+    for i, t in enumerate(targets):
+        t = np.unique(np.asarray(t))
+        if len(t):
+            out[i] = np.isin(t, retrieved[i]).mean()
+    return out
+
+
+def evaluate_retrievers(retrievers: Mapping[str, Retriever], queries: EvaluationQueries, *,
+                        ks: Sequence[int] = (100, 500), batch_size: int = 2048) -> dict[str, dict[str, float]]:
+    """Recall@k of each retriever on ``queries``: ``{name: {"recall@100": ..., ...}}``."""
+    k_max = max(ks)
+    out = {}
+    for name, retriever in retrievers.items():
+        rows = []
+        for lo in range(0, len(queries), batch_size):
+            part = queries.take(np.arange(lo, min(lo + batch_size, len(queries))))
+            ids, _ = retriever.recommend(part.user_ids, part.context, k=k_max)
+            rows.append(ids)
+        retrieved = np.concatenate(rows) if rows else np.zeros((0, k_max), np.int64)
+        if retrieved.shape[1] < k_max:
+            raise ValueError(f"retriever {name} returned {retrieved.shape[1]} ids per user, fewer than k={k_max} "
+                             "(the catalog is too small for this evaluation)")
+        out[name] = {f"recall@{k}": recall_at_k_score(retrieved, queries.targets, k) for k in ks}
+        out[name]["users"] = len(queries)
+    return out
