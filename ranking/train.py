@@ -155,8 +155,12 @@ class TimeSlices:
 def split_by_time(frame: pd.DataFrame, *, valid_fraction: float, test_fraction: float) -> TimeSlices:
     """Split requests by their first impression time; each slice's rows are grouped by request.
 
-    Rows are ordered by (request time, request_id, position, impression_id when present), so a
-    request's rows are contiguous, as LightGBM's query groups require.
+    Rows are ordered by (request time, request_id, a hash of the row's ``impression_id``), so a
+    request's rows are contiguous, as LightGBM's query groups require, and in an order that
+    says nothing about the logged slot. That matters: LambdaRank's first iteration ranks tied
+    scores by row order, and LightGBM's NDCG breaks ties by row order too; rows in slot order
+    would hand both the logging policy's ranking, which position bias makes look good on
+    logged clicks (a one-tree model then wins validation through its ties).
 
     Raises
     ------
@@ -164,9 +168,10 @@ def split_by_time(frame: pd.DataFrame, *, valid_fraction: float, test_fraction: 
         When the train or validation slice would hold no request.
     """
     req_ts = frame.groupby("request_id", sort=False)["ts"].transform("min")
-    keys = ["_req_ts", "request_id", "_pos"] + (["impression_id"] if "impression_id" in frame.columns else [])
-    ordered = frame.assign(_req_ts=req_ts, _pos=frame["position"].astype("float64").fillna(np.inf))
-    ordered = ordered.sort_values(keys, kind="stable").drop(columns=["_req_ts", "_pos"]).reset_index(drop=True)
+    key = frame["impression_id"].to_numpy() if "impression_id" in frame.columns else np.arange(len(frame))
+    ordered = frame.assign(_req_ts=req_ts, _mix=pd.util.hash_array(np.asarray(key)))
+    ordered = ordered.sort_values(["_req_ts", "request_id", "_mix"], kind="stable")
+    ordered = ordered.drop(columns=["_req_ts", "_mix"]).reset_index(drop=True)
     requests = ordered["request_id"].to_numpy()
     starts = np.flatnonzero(np.r_[True, requests[1:] != requests[:-1]])
     n_req = len(starts)
