@@ -39,13 +39,14 @@ def _check_table(table: str) -> None:
         raise ValueError(f"table must be one of {list(STREAM_TABLES)}, got {table!r}")
 
 
-def encode_rows(table: str, rows: pd.DataFrame | pa.Table) -> list[tuple[bytes, bytes]]:
+def encode_rows(table: str, rows: pd.DataFrame | pa.Table | pa.RecordBatch) -> list[tuple[bytes, bytes]]:
     """Encode contract rows as ``(key, value)`` messages.
 
     Parameters
     ----------
     table : {"impressions", "events"}
-    rows : DataFrame or Arrow table with the table's contract columns (extra columns are dropped)
+    rows : DataFrame, Arrow table or record batch with the table's contract columns (extra columns
+        are dropped)
 
     Returns
     -------
@@ -58,9 +59,10 @@ def encode_rows(table: str, rows: pd.DataFrame | pa.Table) -> list[tuple[bytes, 
         If ``table`` is not a stream table or ``rows`` lacks a contract column.
     """
     _check_table(table)
-    frame = rows.to_pandas() if isinstance(rows, pa.Table) else rows
+    frame = rows.to_pandas() if isinstance(rows, pa.Table | pa.RecordBatch) else rows
     if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"rows must be a pandas.DataFrame or pyarrow.Table, got {type(rows).__name__}")
+        raise TypeError(f"rows must be a pandas.DataFrame, pyarrow.Table or pyarrow.RecordBatch, "
+                        f"got {type(rows).__name__}")
     names = TABLES[table].column_names
     missing = [c for c in names if c not in frame.columns]
     if missing:

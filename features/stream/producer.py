@@ -3,8 +3,14 @@
 Serving publishes each response's impressions when ``features.stream.enabled`` is true::
 
     publisher = EventPublisher(config.features.stream).open()   # once, at start-up
-    publisher.publish_impressions(impressions)                  # per response; does not wait
+    publisher.publish_impressions(impressions)                  # per batch; does not wait
     publisher.close()                                           # at shutdown: flushes
+
+``publish_impressions`` takes a DataFrame, an Arrow table or an Arrow record batch with the
+contract's ``impressions`` columns (extra columns such as ``arm`` or ``score`` are dropped), so
+it can be handed to the serving impression log as its publisher callable. It never blocks on
+the broker (only when the producer's buffer is full); delivery failures are logged and
+reported by :meth:`EventPublisher.flush`.
 
 Delivery is at-least-once: the producer retries through broker restarts, and a message it
 sends twice is harmless because the consumer de-duplicates by row id. The idempotent
@@ -83,7 +89,7 @@ class EventPublisher:
             return self.config.events_topic
         raise ValueError(f"table must be 'impressions' or 'events', got {table!r}")
 
-    def publish(self, table: str, rows: pd.DataFrame | pa.Table) -> int:
+    def publish(self, table: str, rows: pd.DataFrame | pa.Table | pa.RecordBatch) -> int:
         """Send contract rows of ``table`` (``"impressions"`` or ``"events"``) without waiting.
 
         Returns
@@ -102,8 +108,8 @@ class EventPublisher:
             self.send(topic, key, value)
         return len(messages)
 
-    def publish_impressions(self, rows: pd.DataFrame | pa.Table) -> int:
-        """Send impressions (contract ``impressions`` rows); what serving calls per response."""
+    def publish_impressions(self, rows: pd.DataFrame | pa.Table | pa.RecordBatch) -> int:
+        """Send impressions (contract ``impressions`` rows); what serving calls with its impression batches."""
         return self.publish("impressions", rows)
 
     def send(self, topic: str, key: bytes | None, value: bytes | None,
@@ -118,8 +124,11 @@ class EventPublisher:
     def _on_error(self, exc: BaseException) -> None:
         with self._lock:
             self._failed += 1
-            if self._first_error is None:
+            first = self._first_error is None
+            if first:
                 self._first_error = exc
+        if first:  # once per flush interval, not once per message
+            logger.warning("%s: messages are failing to reach the broker: %r", self.client_id, exc)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every message sent so far is delivered or has failed.
@@ -127,11 +136,17 @@ class EventPublisher:
         Raises
         ------
         PublishError
-            If any message sent since the previous flush failed (the count is reset).
+            If any message sent since the previous flush failed (the count is reset), or some
+            are still undelivered after ``timeout_s``.
         """
         if self._producer is None:
             return
-        self._producer.flush(timeout=timeout_s)
+        from kafka.errors import KafkaTimeoutError
+
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaTimeoutError as exc:
+            raise PublishError(f"messages still undelivered after {timeout_s} s: {exc}") from exc
         with self._lock:
             failed, first = self._failed, self._first_error
             self._failed, self._first_error = 0, None

@@ -96,3 +96,14 @@ def test_impressions_decode_and_missing_columns_are_reported() -> None:
 def test_encode_rejects_bad_input(table: str, rows, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
         encode_rows(table, rows)
+
+
+def test_a_serving_log_batch_encodes_its_contract_columns() -> None:
+    imp = pd.DataFrame({"impression_id": [1], "request_id": [2], "ts": pd.to_datetime([NOW_US], unit="us", utc=True),
+                        "user_id": [3], "item_id": [4], "position": [0], "policy": ["p"], "randomized": [False],
+                        "propensity": [0.05], "device": [None], "arm": ["champion"], "score": [0.7]})
+    batch = pa.RecordBatch.from_pandas(imp, preserve_index=False)
+    (key, value), = encode_rows("impressions", batch)
+    row = json.loads(value)
+    assert key == b"3" and "arm" not in row and row["propensity"] == 0.05 and row["device"] is None
+    assert _decode("impressions", [value]).rejected == []
