@@ -45,10 +45,10 @@ from ranking._checks import (
     query_sizes,
     row_weights,
 )
-from ranking._metrics import query_index
+from ranking._metrics import ndcg_at_k, query_index
 from ranking.config import DEFAULT_PARAMS, GBDTParams
 
-__all__ = ["LambdaMARTRanker", "LambdaRankObjective"]
+__all__ = ["IPSWeightedNDCG", "LambdaMARTRanker", "LambdaRankObjective"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +173,29 @@ def _inverse_max_dcg(gain: np.ndarray, sizes: np.ndarray, starts: np.ndarray, k:
     return np.divide(1.0, max_dcg, out=np.zeros(len(sizes)), where=max_dcg > 0)
 
 
+class IPSWeightedNDCG:
+    """LightGBM ``feval``: NDCG@k with each logged gain divided by its examination probability.
+
+    ``gain_i = (2**y_i - 1) * w_i`` with ``w_i`` the (clipped) inverse propensity of row ``i``'s
+    slot; DCG of the model's order over the ideal DCG of those gains, averaged over queries.
+    Position bias hides relevant items shown low; reweighting their observed gains makes the
+    metric an estimate of NDCG under full examination (self-normalised per query), which is
+    what the IPS ranker should be selected on. Named ``ips_ndcg@k``.
+    """
+
+    def __init__(self, labels: np.ndarray, sizes: np.ndarray, weights: np.ndarray, eval_at: Sequence[int]) -> None:
+        self.gains = (np.exp2(labels) - 1.0) * weights
+        self.sizes = sizes
+        self.eval_at = tuple(eval_at)
+        self.n_rows = len(labels)
+
+    def __call__(self, preds: np.ndarray, eval_data: Any) -> list[tuple[str, float, bool]]:
+        if len(preds) != self.n_rows:  # another dataset (e.g. the training set): not ours to score
+            return []
+        return [(f"ips_ndcg@{k}", ndcg_at_k(self.gains, preds, self.sizes, k, gain="linear"), True)
+                for k in self.eval_at]
+
+
 class LambdaMARTRanker:
     """LightGBM LambdaMART on graded labels, optionally with IPS pair weights.
 
@@ -195,7 +218,8 @@ class LambdaMARTRanker:
     best_iteration_ : int
         Trees used for prediction (all when no validation set is given).
     valid_scores_ : dict of str to float
-        ``ndcg@k`` on the validation set at ``best_iteration_`` (empty without one).
+        ``ndcg@k`` (and ``ips_ndcg@k`` with ``eval_ips_weight``) on the validation set at
+        ``best_iteration_`` (empty without one).
     evals_result_ : dict
         Per-iteration validation metrics, as LightGBM records them.
     """
@@ -215,8 +239,13 @@ class LambdaMARTRanker:
                 "lambdarank_truncation_level": self.truncation_level, "num_threads": self.num_threads,
                 "seed": self.seed, "deterministic": True, "force_row_wise": True, "verbosity": -1}
 
+    def stop_metric(self, ips_validation: bool) -> str:
+        """The validation metric early stopping and tuning follow: ``[ips_]ndcg@stop_at``."""
+        return f"{'ips_' if ips_validation else ''}ndcg@{self.stop_at}"
+
     def fit(self, X: Any, y: Any, group: Any, *, ips_weight: Any = None, sample_weight: Any = None,
-            eval_set: tuple[Any, Any, Any] | None = None, feature_names: Sequence[str] | None = None,
+            eval_set: tuple[Any, Any, Any] | None = None, eval_ips_weight: Any = None,
+            feature_names: Sequence[str] | None = None,
             callbacks: Sequence[Callable[[Any], None]] = ()) -> LambdaMARTRanker:
         """Train on rows grouped by query.
 
@@ -234,6 +263,9 @@ class LambdaMARTRanker:
             Downsampling weights, applied to both sides of every pair.
         eval_set : (X_valid, y_valid, group_valid), optional
             Validation slice for early stopping on ``ndcg@stop_at``.
+        eval_ips_weight : array-like of float, shape (n_valid,), optional
+            Inverse propensities of the validation rows: adds ``ips_ndcg@k``
+            (:class:`IPSWeightedNDCG`) and early-stops on ``ips_ndcg@stop_at`` instead.
         feature_names : sequence of str, optional
         callbacks : sequence of LightGBM callbacks, optional
             E.g. an Optuna pruning callback.
@@ -265,6 +297,7 @@ class LambdaMARTRanker:
         train_set = lgb.Dataset(matrix, label=labels, group=sizes, feature_name=names, free_raw_data=True)
         valid_sets = []
         stopper = None
+        feval = None
         all_callbacks: list[Any] = list(callbacks)
         evals: dict[str, Any] = {}
         if eval_set is not None:
@@ -275,10 +308,16 @@ class LambdaMARTRanker:
             vlabels = graded_labels("eval_set y", yv, len(vmatrix))
             vsizes = query_sizes("eval_set group", gv, len(vmatrix))
             valid_sets.append(lgb.Dataset(vmatrix, label=vlabels, group=vsizes, reference=train_set))
-            stopper = EarlyStoppingOnMetric(f"ndcg@{self.stop_at}", self.params.early_stopping_rounds)
+            if eval_ips_weight is not None:
+                vw = row_weights("eval_ips_weight", eval_ips_weight, len(vmatrix))
+                feval = IPSWeightedNDCG(vlabels, vsizes, vw, self.eval_at)
+            stopper = EarlyStoppingOnMetric(self.stop_metric(eval_ips_weight is not None),
+                                            self.params.early_stopping_rounds)
             all_callbacks += [stopper, lgb.record_evaluation(evals)]
+        elif eval_ips_weight is not None:
+            raise ValueError("eval_ips_weight needs an eval_set")
         booster = lgb.train(params, train_set, num_boost_round=self.params.num_boost_round, valid_sets=valid_sets,
-                            valid_names=["valid"][: len(valid_sets)], callbacks=all_callbacks)
+                            valid_names=["valid"][: len(valid_sets)], feval=feval, callbacks=all_callbacks)
         self.booster_ = booster
         self.feature_names_ = names
         self.evals_result_ = evals

@@ -225,7 +225,8 @@ def fit_ranker(train: pd.DataFrame, valid: pd.DataFrame, features: list[str], co
     config : RankingConfig
     propensity : PositionBiasEstimator or None
         IPS weights ``min(1 / e(position), config.propensity.max_weight)`` on the higher-graded
-        document of each pair; None trains the naive ranker.
+        document of each pair, and early stopping on the IPS-weighted validation NDCG
+        (``ips_ndcg@stop_at``); None trains the naive ranker, stopped on logged NDCG.
     params : GBDTParams, optional
         Overrides ``config.ranker`` (e.g. tuned parameters).
 
@@ -233,37 +234,55 @@ def fit_ranker(train: pd.DataFrame, valid: pd.DataFrame, features: list[str], co
     -------
     LambdaMARTRanker
     """
-    tr, va = _informative(train), _informative(valid)
-    if tr.empty or va.empty:
-        raise ValueError("the train and validation slices need requests with two different grades")
-    ips = None
-    if propensity is not None:
-        ips = propensity.ips_weights(tr["position"].astype("float64").to_numpy(),
-                                     max_weight=config.propensity.max_weight)
+    tr, va, ips, valid_ips = _ranker_slices(train, valid, config, propensity)
     ranker = LambdaMARTRanker(params=params or config.ranker, eval_at=config.eval_at, stop_at=config.stop_at,
                               truncation_level=config.truncation_level, num_threads=config.num_threads,
                               seed=config.seed)
     X, y, g = _ranker_inputs(tr, features)
     return ranker.fit(X, y, g, ips_weight=ips, sample_weight=tr["sample_weight"].to_numpy(dtype=np.float64),
-                      eval_set=_ranker_inputs(va, features))
+                      eval_set=_ranker_inputs(va, features), eval_ips_weight=valid_ips)
 
 
-def ranking_metrics(scores: np.ndarray, frame: pd.DataFrame, eval_at: tuple[int, ...]) -> dict[str, float]:
+def _ranker_slices(train: pd.DataFrame, valid: pd.DataFrame, config: RankingConfig,
+                   propensity: PositionBiasEstimator | None) -> tuple[pd.DataFrame, pd.DataFrame, Any, Any]:
+    """Informative requests of both slices and, with a propensity model, their IPS weights."""
+    tr, va = _informative(train), _informative(valid)
+    if tr.empty or va.empty:
+        raise ValueError("the train and validation slices need requests with two different grades")
+    if propensity is None:
+        return tr, va, None, None
+    weights = [propensity.ips_weights(part["position"].astype("float64").to_numpy(),
+                                      max_weight=config.propensity.max_weight) for part in (tr, va)]
+    return tr, va, weights[0], weights[1]
+
+
+def ranking_metrics(scores: np.ndarray, frame: pd.DataFrame, eval_at: tuple[int, ...], *,
+                    ips_weight: np.ndarray | None = None) -> dict[str, float]:
     """NDCG@k of ``scores`` against the logged grades of ``frame`` (rows grouped by request).
 
-    Only requests with two different grades count. Keys ``ndcg@k`` over all of them and
+    Only requests with two different grades count. Keys ``ndcg@k`` over all of them,
     ``randomized_ndcg@k`` over randomized requests alone (their top slots were shuffled, so
-    their grades are not shaped by the logging policy's order), plus ``requests``.
+    their grades are not shaped by the logging policy's order), ``ips_ndcg@k`` when
+    ``ips_weight`` (shape (n,)) is given (gains divided by examination, see
+    :class:`~ranking.ranker.IPSWeightedNDCG`), plus ``requests``.
     """
     keep = frame.groupby("request_id", sort=False)["label"].transform(lambda s: s.max() > s.min()).to_numpy(bool)
     out: dict[str, float] = {"requests": float(frame.loc[keep, "request_id"].nunique())}
-    for prefix, mask in (("", keep), ("randomized_", keep & frame["randomized"].to_numpy(dtype=bool))):
+    grades = frame["label"].to_numpy(dtype=np.float64)
+    variants: list[tuple[str, np.ndarray, np.ndarray | None]] = [
+        ("", keep, None), ("randomized_", keep & frame["randomized"].to_numpy(dtype=bool), None)]
+    if ips_weight is not None:
+        variants.append(("ips_", keep, np.asarray(ips_weight, dtype=np.float64)))
+    for prefix, mask, weight in variants:
         if not mask.any():
             continue
         sizes = group_sizes(frame.loc[mask, "request_id"].to_numpy())
-        rel = frame.loc[mask, "label"].to_numpy(dtype=np.float64)
         for k in eval_at:
-            out[f"{prefix}ndcg@{k}"] = ndcg_at_k(rel, scores[mask], sizes, k)
+            if weight is None:
+                out[f"{prefix}ndcg@{k}"] = ndcg_at_k(grades[mask], scores[mask], sizes, k)
+            else:
+                gains = (np.exp2(grades[mask]) - 1.0) * weight[mask]
+                out[f"{prefix}ndcg@{k}"] = ndcg_at_k(gains, scores[mask], sizes, k, gain="linear")
     return out
 
 
@@ -466,12 +485,10 @@ def train_ranking_models(frame: pd.DataFrame, config: RankingConfig, out_dir: st
     tuning = None
     params = config.ranker
     if config.tuning.n_trials > 0:
-        tr, va = _informative(slices.train), _informative(slices.valid)
-        ips = None if propensity is None else propensity.ips_weights(
-            tr["position"].astype("float64").to_numpy(), max_weight=config.propensity.max_weight)
+        tr, va, ips, valid_ips = _ranker_slices(slices.train, slices.valid, config, propensity)
         X, y, g = _ranker_inputs(tr, features)
         tuning = tune_ranker(X, y, g, eval_set=_ranker_inputs(va, features), tuning=config.tuning,
-                             base_params=config.ranker, ips_weight=ips,
+                             base_params=config.ranker, ips_weight=ips, eval_ips_weight=valid_ips,
                              sample_weight=tr["sample_weight"].to_numpy(dtype=np.float64), eval_at=config.eval_at,
                              stop_at=config.stop_at, truncation_level=config.truncation_level,
                              num_threads=config.num_threads)
@@ -482,7 +499,10 @@ def train_ranking_models(frame: pd.DataFrame, config: RankingConfig, out_dir: st
     ranker.save(root / _FILES["ranker"])
     ranker_metrics: dict[str, Any] = {"best_iteration": ranker.best_iteration_, "valid": ranker.valid_scores_}
     if len(slices.test):
-        ranker_metrics["test"] = ranking_metrics(ranker.predict(slices.test[features]), slices.test, config.eval_at)
+        test_ips = None if propensity is None else propensity.ips_weights(
+            slices.test["position"].astype("float64").to_numpy(), max_weight=config.propensity.max_weight)
+        ranker_metrics["test"] = ranking_metrics(ranker.predict(slices.test[features]), slices.test, config.eval_at,
+                                                 ips_weight=test_ips)
 
     purchase = fit_purchase_model(frame, features, config)
     purchase.model.save(root / _FILES["purchase"])

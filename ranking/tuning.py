@@ -1,8 +1,8 @@
 """An Optuna study over the ranker's main LightGBM parameters, pruned on validation NDCG.
 
 Each trial trains :class:`~ranking.ranker.LambdaMARTRanker` (with the same IPS weights as
-the final model) and is scored by its validation ``ndcg@stop_at`` at its early-stopped
-best iteration. A median pruner, fed that metric after every boosting round, stops trials
+the final model) and is scored by its validation ``ndcg@stop_at`` (``ips_ndcg@stop_at``
+when validation propensities are given) at its early-stopped best iteration. A median pruner, fed that metric after every boosting round, stops trials
 that fall behind the median of earlier trials at the same round. The sampler is TPE with
 the configured seed, so a study is reproducible for a given budget in trials (a time
 budget cuts it wherever the clock says).
@@ -90,6 +90,7 @@ def _suggest(trial: Any, base: GBDTParams) -> GBDTParams:
 
 def tune_ranker(X: Any, y: Any, group: Any, *, eval_set: tuple[Any, Any, Any], tuning: TuningConfig,
                 base_params: GBDTParams = DEFAULT_PARAMS, ips_weight: Any = None, sample_weight: Any = None,
+                eval_ips_weight: Any = None,
                 feature_names: Sequence[str] | None = None, eval_at: tuple[int, ...] = (10, 20), stop_at: int = 20,
                 truncation_level: int = 30, num_threads: int = 1) -> TuningResult:
     """Search LightGBM parameters of the ranker with Optuna (TPE sampler, median pruner).
@@ -100,6 +101,8 @@ def tune_ranker(X: Any, y: Any, group: Any, *, eval_set: tuple[Any, Any, Any], t
         Training rows, as :meth:`LambdaMARTRanker.fit` takes them.
     eval_set : (X_valid, y_valid, group_valid)
         The later time slice; its ``ndcg@stop_at`` is maximised.
+    eval_ips_weight : array-like of float, shape (n_valid,), optional
+        Inverse propensities of the validation rows: ``ips_ndcg@stop_at`` is maximised instead.
     tuning : TuningConfig
         ``n_trials`` (>= 1 here), ``timeout_s`` (0 = none), ``seed``, ``pruning_warmup_rounds``.
     base_params : GBDTParams
@@ -124,7 +127,7 @@ def tune_ranker(X: Any, y: Any, group: Any, *, eval_set: tuple[Any, Any, Any], t
         raise TypeError(f"tuning must be a TuningConfig, got {type(tuning).__name__}")
     if tuning.n_trials < 1:
         raise ValueError(f"tuning.n_trials must be >= 1 to tune, got {tuning.n_trials}")
-    metric = f"ndcg@{stop_at}"
+    metric = f"{'' if eval_ips_weight is None else 'ips_'}ndcg@{stop_at}"
     sampler = optuna.samplers.TPESampler(seed=tuning.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=min(5, max(1, tuning.n_trials // 4)),
                                          n_warmup_steps=tuning.pruning_warmup_rounds)
@@ -135,7 +138,8 @@ def tune_ranker(X: Any, y: Any, group: Any, *, eval_set: tuple[Any, Any, Any], t
         ranker = LambdaMARTRanker(params=params, eval_at=eval_at, stop_at=stop_at, truncation_level=truncation_level,
                                   num_threads=num_threads, seed=tuning.seed)
         ranker.fit(X, y, group, ips_weight=ips_weight, sample_weight=sample_weight, eval_set=eval_set,
-                   feature_names=feature_names, callbacks=[_PruningCallback(trial, metric)])
+                   eval_ips_weight=eval_ips_weight, feature_names=feature_names,
+                   callbacks=[_PruningCallback(trial, metric)])
         trial.set_user_attr("best_iteration", int(ranker.best_iteration_))
         return float(ranker.valid_scores_[metric])
 

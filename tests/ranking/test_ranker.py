@@ -154,6 +154,35 @@ def test_early_stopping_follows_the_stop_at_metric(small_split):
     assert max(history) == pytest.approx(history[ranker.best_iteration_ - 1])
 
 
+def test_ips_weighted_ndcg_reweights_the_logged_gains():
+    from ranking.ranker import IPSWeightedNDCG
+
+    labels = np.array([1.0, 0.0, 1.0, 0.0])  # one query: clicks at rows 0 and 2
+    sizes = np.array([4])
+    preds = np.array([0.9, 0.5, 0.1, 0.0])
+    plain = IPSWeightedNDCG(labels, sizes, np.ones(4), (4,))(preds, None)[0]
+    assert plain[0] == "ips_ndcg@4" and plain[2] is True
+    assert plain[1] == pytest.approx(ndcg_at_k(labels, preds, sizes, 4))
+    # Row 2's click came from a slot examined 1/5 as often: it counts 5 times.
+    weighted = IPSWeightedNDCG(labels, sizes, np.array([1.0, 1.0, 5.0, 1.0]), (4,))(preds, None)[0][1]
+    ideal = 5 / np.log2(2) + 1 / np.log2(3)
+    assert weighted == pytest.approx((1 / np.log2(2) + 5 / np.log2(4)) / ideal)
+    assert IPSWeightedNDCG(labels, sizes, np.ones(4), (4,))(np.zeros(7), None) == []  # another dataset
+
+
+def test_early_stopping_on_the_ips_weighted_metric(small_split):
+    train, valid = small_split
+    w = valid["position"].to_numpy(dtype=float) + 1.0
+    ranker = LambdaMARTRanker(params=SMALL).fit(
+        train[FEATURES], train["label"], train["request_id"],
+        eval_set=(valid[FEATURES], valid["label"], valid["request_id"]), eval_ips_weight=w)
+    history = ranker.evals_result_["valid"]["ips_ndcg@20"]
+    assert set(ranker.valid_scores_) == {"ndcg@10", "ndcg@20", "ips_ndcg@10", "ips_ndcg@20"}
+    assert ranker.valid_scores_["ips_ndcg@20"] == pytest.approx(max(history))
+    with pytest.raises(ValueError, match="eval_ips_weight needs an eval_set"):
+        LambdaMARTRanker(params=SMALL).fit(train[FEATURES], train["label"], train["request_id"], eval_ips_weight=w)
+
+
 X_OK = pd.DataFrame({"f_a": [0.1, 0.2, 0.3, 0.4], "f_b": [1.0, 0.0, 1.0, 0.0]})
 
 

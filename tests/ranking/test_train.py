@@ -65,8 +65,10 @@ def test_artifacts_and_metadata(trained, synthetic_frame):
     window = meta["training_window"]["ranker"]
     assert window["train"]["end"] <= window["valid"]["start"] and window["valid"]["end"] <= window["test"]["start"]
     ranker_metrics = meta["metrics"]["ranker"]
-    assert set(ranker_metrics["valid"]) == {"ndcg@10", "ndcg@20"}
-    assert 0.3 < ranker_metrics["test"]["ndcg@10"] <= 1.0 and "randomized_ndcg@10" in ranker_metrics["test"]
+    # The IPS ranker is early-stopped on the IPS-weighted NDCG; the plain one is reported beside it.
+    assert set(ranker_metrics["valid"]) == {"ndcg@10", "ndcg@20", "ips_ndcg@10", "ips_ndcg@20"}
+    assert 0.3 < ranker_metrics["test"]["ndcg@10"] <= 1.0
+    assert {"randomized_ndcg@10", "ips_ndcg@10"} <= set(ranker_metrics["test"])
     purchase = meta["metrics"]["purchase"]
     assert purchase["heldout"] == "test" and purchase["calibrated"]["auc"] > 0.7
     # The synthetic log's examination is (p + 1) ** -1.
@@ -81,8 +83,12 @@ def test_ranking_metrics_use_the_model_at_its_best_iteration(trained):
     from ranking.train import ranking_metrics
 
     test = trained.slices.test
-    again = ranking_metrics(trained.ranker.predict(test[trained.ranker.feature_names_]), test, (10, 20))
+    ips = trained.propensity.ips_weights(test["position"].astype(float).to_numpy(), max_weight=10.0)
+    again = ranking_metrics(trained.ranker.predict(test[trained.ranker.feature_names_]), test, (10, 20),
+                            ips_weight=ips)
     assert again == trained.metadata["metrics"]["ranker"]["test"]
+    history = trained.ranker.evals_result_["valid"]["ips_ndcg@20"]
+    assert max(history) == pytest.approx(history[trained.ranker.best_iteration_ - 1])
 
 
 def test_without_a_compiler_the_models_fall_back_to_lightgbm(small_frame, tmp_path, monkeypatch):
