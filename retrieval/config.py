@@ -37,6 +37,9 @@ class TwoTowerConfig:
         An item's price band is its price quantile within its category, in this many bands.
     history_length : int
         Most recent interactions mean-pooled into the user tower.
+    history_impressions : bool
+        Also pool the user's impressions into the history (for sources whose impressions are the
+        user's own page views, like the Taobao log; feed impressions are mostly ignored items).
     hour_bands : tuple of int
         Start hours (UTC, ascending, first 0) of the hour bands used as request context.
     new_seller_days : float
@@ -59,6 +62,7 @@ class TwoTowerConfig:
     category_buckets: int = 4096
     price_bands: int = 10
     history_length: int = 20
+    history_impressions: bool = False
     hour_bands: tuple[int, ...] = (0, 6, 12, 18)
     new_seller_days: float = 30.0
     id_dropout: float = 0.3
@@ -185,7 +189,7 @@ class IndexConfig:
     exact_threshold: int = 50_000
     ann: str = "hnsw"
     hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
+    hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 512
     ivf_nlist: int = 0
     ivf_nprobe: int = 64

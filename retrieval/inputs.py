@@ -42,6 +42,7 @@ __all__ = [
 DAY_US = 86_400 * 1_000_000
 HOUR_US = 3_600 * 1_000_000
 CLICK, CART, PURCHASE = (EVENT_TYPES.index(t) for t in ("click", "add_to_cart", "purchase"))
+VIEW = -1  # an impression taken into the history (``TwoTowerConfig.history_impressions``)
 #: Numeric item-content features, in column order.
 CONTENT_NUMERIC: tuple[str, ...] = ("new_seller", "new_item", "log_age_days", "log_price_z")
 #: Numeric user features, in column order (counts are of interactions strictly before the time).
@@ -276,12 +277,15 @@ class UserHistory:
         self.country_code = self.countries.encode(users["country"].to_numpy())
         self.device_code = self.devices.encode(users["device"].to_numpy())
         limit = np.iinfo(np.int64).max if end_us is None else end_us
-        ev = log.events[log.events["ts_us"].to_numpy() < limit]
+        ev = log.events[log.events["ts_us"].to_numpy() < limit][["user_id", "item_id", "ts_us", "type"]]
+        if config.history_impressions:  # sources whose impressions are the user's own views (type -1)
+            views = log.impressions[log.impressions["ts_us"].to_numpy() < limit][["user_id", "item_id", "ts_us"]]
+            ev = pd.concat([ev, views.assign(type=np.int8(VIEW))], ignore_index=True)
         codes = self.user_codes(ev["user_id"].to_numpy())
         keep = codes >= 0
         self._events = _PointInTime(codes[keep], ev["ts_us"].to_numpy()[keep], len(self.user_ids))
         self.event_items = ev["item_id"].to_numpy()[keep][self._events.order]
-        self.event_types = ev["type"].to_numpy()[keep][self._events.order]
+        self.event_types = ev["type"].to_numpy().astype(np.int8)[keep][self._events.order]
         self.event_ts = self._events.ts
         self._type_cum = {t: np.concatenate([[0], np.cumsum(self.event_types == t)]) for t in (CLICK, CART, PURCHASE)}
         imp = log.impressions[log.impressions["ts_us"].to_numpy() < limit]
