@@ -37,6 +37,7 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_simulator.py --impressions 10000000 --out build/bench/simulator.json
+	$(PY) benchmarks/bench_retrieval.py --out build/bench/retrieval.json
 
 lint: install
 	$(VENV)/bin/ruff check .
