@@ -100,7 +100,9 @@ class StreamConfig:
         Events more than this ahead of the wall clock are dead-lettered (one bad clock would
         otherwise move the watermark and empty every window).
     max_poll_records : int
-        Records per batch: one state transaction, one push per feature view, one commit.
+        Most records per batch (one state transaction, one push per feature view, one commit).
+        A live stream gives smaller batches; a backlog is read in big ones, which push an
+        entity touched many times once.
     poll_timeout_ms : int
         How long one poll waits for records (bounds the freshness of a quiet stream).
     session_timeout_ms, heartbeat_interval_ms : int
@@ -125,7 +127,7 @@ class StreamConfig:
     allowed_lateness_s: float = 3600.0
     idle_partition_s: float = 60.0
     max_future_s: float = 300.0
-    max_poll_records: int = 2000
+    max_poll_records: int = 10000
     poll_timeout_ms: int = 100
     session_timeout_ms: int = 10000
     heartbeat_interval_ms: int = 3000
