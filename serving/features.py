@@ -1,0 +1,140 @@
+"""Request-time feature assembly: the user's rows, the candidates' snapshot rows, the request.
+
+The ranker's feature vector for (request, user, item) is built exactly as the ETL built its
+training rows: user snapshot features (``f_user_*``), item and seller snapshot features
+(``f_item_*``, ``f_seller_*``), and the request-time features that
+:func:`features.derived.derived_features` computes, the same function the ETL applied. Only
+the user's rows are read online (Feast); item rows come from the in-memory snapshot.
+
+Fallbacks (DESIGN.md): online store down or failing -> the user's row from the bundle's
+snapshot (``online_store`` in the response's fallbacks); a user unknown to both -> no row
+(features are NaN, which the models were trained with for users without history).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from features.derived import REALTIME_INPUTS, derived_features
+
+__all__ = ["FeastUserFeatures", "FeatureAssembler", "SnapshotUserFeatures", "UserFeatureSource", "UserRows"]
+
+logger = logging.getLogger(__name__)
+
+UserRows = tuple[dict[str, Any] | None, dict[str, Any] | None, tuple[str, ...]]
+
+
+class UserFeatureSource(Protocol):
+    """Where a user's snapshot and intraday (real-time) feature rows come from."""
+
+    def user_rows(self, user_id: int) -> UserRows:
+        """``(snapshot_row, realtime_row, fallbacks)``; a row is None when the user has none."""
+        ...
+
+
+class SnapshotUserFeatures:
+    """User rows from an in-memory table (the bundle's latest ``user_features`` snapshot).
+
+    Parameters
+    ----------
+    table : DataFrame
+        One row per user, a ``user_id`` column and the feature and auxiliary columns.
+    """
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        self._columns = [c for c in table.columns if c != "user_id"]
+        values = table[self._columns].to_numpy(dtype=np.float64, na_value=np.nan)
+        self._rows = {int(u): values[i] for i, u in enumerate(table["user_id"].to_numpy())}
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self._columns)
+
+    def snapshot_row(self, user_id: int) -> dict[str, Any] | None:
+        values = self._rows.get(int(user_id))
+        return None if values is None else dict(zip(self._columns, values.tolist(), strict=True))
+
+    def user_rows(self, user_id: int) -> UserRows:
+        return self.snapshot_row(user_id), None, ()
+
+
+class FeastUserFeatures:
+    """User rows from Feast's online store, falling back to a snapshot when the store fails.
+
+    Parameters
+    ----------
+    store : feast.FeatureStore
+    snapshot_refs : list of str
+        Feature references of the user snapshot view (``"<view>:<feature>"``).
+    realtime_refs : list of str
+        Feature references of the real-time (push source) view; may be empty.
+    fallback : SnapshotUserFeatures
+    """
+
+    def __init__(self, store: Any, *, snapshot_refs: list[str], realtime_refs: list[str],
+                 fallback: SnapshotUserFeatures) -> None:
+        self.store = store
+        self.snapshot_refs = snapshot_refs
+        self.realtime_refs = realtime_refs
+        self.fallback = fallback
+
+    def user_rows(self, user_id: int) -> UserRows:
+        try:
+            got = self.store.get_online_features(features=self.snapshot_refs + self.realtime_refs,
+                                                 entity_rows=[{"user_id": int(user_id)}]).to_dict()
+        except Exception:  # any failure of the online store takes the defined fallback
+            logger.warning("online store read failed for user %s; using the bundle snapshot", user_id,
+                           exc_info=True)
+            return self.fallback.snapshot_row(user_id), None, ("online_store",)
+        snap = {ref.split(":", 1)[1]: got[ref.split(":", 1)[1]][0] for ref in self.snapshot_refs}
+        rt = {ref.split(":", 1)[1]: got[ref.split(":", 1)[1]][0] for ref in self.realtime_refs}
+        snap_row = None if all(v is None for v in snap.values()) else snap
+        rt_row = None if not rt or all(v is None for v in rt.values()) else rt
+        if snap_row is None:  # not materialized online (yet): the snapshot may still know the user
+            snap_row = self.fallback.snapshot_row(user_id)
+        return snap_row, rt_row, ()
+
+
+class FeatureAssembler:
+    """Builds the ranker's feature matrix for one request's candidates.
+
+    Parameters
+    ----------
+    feature_names : list of str
+        The model's features, in order.
+    item_frame : DataFrame
+        One row per snapshot row (same order as the item snapshot): ``item_id``,
+        ``item_category_id``, ``item_seller_id``, ``item_created_us``, ``f_item_*`` and
+        ``f_seller_*``.
+    user_columns : list of str
+        Columns of a user snapshot row (features and the auxiliary inputs of derived features).
+    """
+
+    def __init__(self, *, feature_names: list[str], item_frame: pd.DataFrame, user_columns: list[str]) -> None:
+        self.feature_names = list(feature_names)
+        self.item_frame = item_frame.reset_index(drop=True)
+        self.user_columns = list(user_columns)
+
+    def assemble(self, *, ts_us: int, device: str | None, user_row: dict[str, Any] | None,
+                 realtime_row: dict[str, Any] | None, rows: np.ndarray) -> np.ndarray:
+        """Feature matrix of shape (len(rows), len(feature_names)), NaN where undefined."""
+        frame = self.item_frame.iloc[rows].reset_index(drop=True)
+        n = len(frame)
+        extra: dict[str, Any] = {"ts_us": np.full(n, ts_us, dtype=np.int64), "device": [device] * n}
+        for col in self.user_columns:
+            value = None if user_row is None else user_row.get(col)
+            extra[col] = np.full(n, np.nan if value is None else value, dtype=np.float64)
+        for col in REALTIME_INPUTS:
+            value = None if realtime_row is None else realtime_row.get(col)
+            extra[col] = np.full(n, np.nan if value is None else value, dtype=np.float64)
+        frame = pd.concat([frame, pd.DataFrame(extra)], axis=1)
+        derived = derived_features(frame)
+        frame = pd.concat([frame.drop(columns=[c for c in derived.columns if c in frame.columns]), derived], axis=1)
+        missing = [c for c in self.feature_names if c not in frame.columns]
+        if missing:
+            raise KeyError(f"features missing from the serving inputs: {missing[:5]}")
+        return frame[self.feature_names].to_numpy(dtype=np.float64, na_value=np.nan)

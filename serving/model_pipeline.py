@@ -1,0 +1,125 @@
+"""An arm's full pipeline: two-tower retrieval -> features -> compiled ranker and calibrated
+purchase model -> expected GMV -> re-ranking (the shared stages of :class:`PipelineBase`).
+
+A feed bundle (:mod:`serving.bundle`) holds everything it loads: ``retrieval/`` (the
+two-tower artifacts), ``ranking/`` (ranker, purchase model, calibrator, compiled libraries),
+``item_snapshot.parquet`` (item attributes and item/seller features) and
+``user_snapshot.parquet`` (the latest user features, the online store's fallback).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from serving.bundle import read_bundle_manifest
+from serving.exploration import ExplorationConfig
+from serving.features import FeatureAssembler, SnapshotUserFeatures, UserFeatureSource
+from serving.impression_log import ImpressionLog
+from serving.metrics import StageTimer
+from serving.pipeline import PipelineBase, Scored, _check_deadline
+from serving.requests import FeedRequest
+from serving.rerank import Reranker
+from serving.router import ModelVersions
+from serving.snapshot import ItemSnapshot
+
+__all__ = ["ITEM_SNAPSHOT", "USER_SNAPSHOT", "ModelPipeline", "item_snapshot_from_frame"]
+
+logger = logging.getLogger(__name__)
+
+ITEM_SNAPSHOT = "item_snapshot.parquet"
+USER_SNAPSHOT = "user_snapshot.parquet"
+_ITEM_META = ("item_id", "seller_id", "category_id", "price", "margin_rate", "in_stock", "is_new_seller",
+              "popularity")
+
+
+def item_snapshot_from_frame(frame: pd.DataFrame) -> ItemSnapshot:
+    """An :class:`ItemSnapshot` from the bundle's item table (attributes + feature columns)."""
+    feats = frame[[c for c in frame.columns if c not in _ITEM_META]].reset_index(drop=True)
+    return ItemSnapshot(
+        item_ids=frame["item_id"].to_numpy(np.int64), seller_ids=frame["seller_id"].to_numpy(np.int64),
+        category_ids=frame["category_id"].to_numpy(np.int64), price=frame["price"].to_numpy(np.float64),
+        margin_rate=frame["margin_rate"].to_numpy(np.float64, na_value=np.nan),
+        in_stock=frame["in_stock"].to_numpy(bool), is_new_seller=frame["is_new_seller"].to_numpy(bool),
+        popularity=frame["popularity"].to_numpy(np.float64), features=feats)
+
+
+class ModelPipeline(PipelineBase):
+    """Retrieve with the two-tower model, score with the expected-GMV scorer, then re-rank.
+
+    Parameters
+    ----------
+    retriever : retrieval.Retriever
+    scorer : ranking.ExpectedGMVScorer
+    users : UserFeatureSource
+    assembler : FeatureAssembler
+    use_margin : bool
+        Rank by expected margin (price x margin) rather than GMV.
+    (and the :class:`PipelineBase` parameters)
+    """
+
+    def __init__(self, *, retriever, scorer, users: UserFeatureSource, assembler: FeatureAssembler,
+                 use_margin: bool = False, **base) -> None:
+        super().__init__(**base)
+        self.retriever = retriever
+        self.scorer = scorer
+        self.users = users
+        self.assembler = assembler
+        self.use_margin = use_margin
+
+    def _score(self, request: FeedRequest, timer: StageTimer, deadline: float | None) -> Scored:
+        from retrieval.retriever import RequestContext
+
+        _check_deadline(deadline, "retrieval")
+        with timer.stage("retrieve"):
+            ids, _ = self.retriever.recommend([request.user_id], RequestContext(device=request.device,
+                                                                                  hour=request.hour),
+                                              k=request.candidate_count, exclude=[request.exclude_item_ids])
+            rows = self.snapshot.rows(ids[0])
+            rows = rows[rows >= 0]
+        _check_deadline(deadline, "features")
+        with timer.stage("features"):
+            user_row, rt_row, fallbacks = self.users.user_rows(request.user_id)
+            X = self.assembler.assemble(ts_us=request.ts_us, device=request.device, user_row=user_row,
+                                        realtime_row=rt_row, rows=rows)
+        if user_row is None:
+            fallbacks = (*fallbacks, "cold_start")
+        _check_deadline(deadline, "scoring")
+        with timer.stage("score"):
+            margin = self.snapshot.margin_rate[rows] if self.use_margin else None
+            scored = self.scorer.score(X, price=self.snapshot.price[rows], margin=margin)
+        return Scored(rows=rows, score=scored.score, p_purchase=scored.purchase_probability,
+                      expected_gmv=scored.expected_gmv, fallbacks=tuple(fallbacks))
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | Path, *, version: str, reranker: Reranker, exploration: ExplorationConfig,
+                    impression_log: ImpressionLog | None = None,
+                    user_source: Callable[[SnapshotUserFeatures], UserFeatureSource] | None = None,
+                    use_margin: bool = False, num_threads: int = 1) -> ModelPipeline:
+        """Load a bundle folder into a pipeline.
+
+        ``user_source`` wraps the bundle's user snapshot into the online source (e.g. Feast
+        with the snapshot as fallback); without it, user rows come from the snapshot alone.
+        """
+        from ranking.scorer import ExpectedGMVScorer
+        from retrieval.artifacts import load_two_tower
+
+        root = Path(bundle_dir)
+        manifest = read_bundle_manifest(root)
+        comps = manifest.components
+        retriever = load_two_tower(root / comps["retrieval"])
+        scorer = ExpectedGMVScorer.from_dir(root / comps["ranker"], num_threads=num_threads)
+        items = pd.read_parquet(root / comps.get("item_snapshot", ITEM_SNAPSHOT))
+        users = SnapshotUserFeatures(pd.read_parquet(root / comps.get("user_snapshot", USER_SNAPSHOT)))
+        snapshot = item_snapshot_from_frame(items)
+        assembler = FeatureAssembler(feature_names=scorer.feature_names,
+                                     item_frame=snapshot.features.assign(item_id=snapshot.item_ids),
+                                     user_columns=users.columns)
+        return cls(retriever=retriever, scorer=scorer, users=user_source(users) if user_source else users,
+                   assembler=assembler, use_margin=use_margin, snapshot=snapshot, reranker=reranker,
+                   exploration=exploration, impression_log=impression_log,
+                   versions=ModelVersions(retrieval=version, ranker=version, purchase_model=version))
