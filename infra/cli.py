@@ -17,6 +17,7 @@ import yaml
 from infra.config import ConfigError, FeedrankConfig, load_config
 from infra.evaluate_cli import add_evaluate_command
 from infra.release_cli import add_release_commands
+from infra.stream_cli import add_stream_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
 
     add_release_commands(sub)  # rollout start|status|advance|rollback|auto, mlflow-ui
+    add_stream_commands(sub)  # services up|down|status kafka, stream run|replay
     add_evaluate_command(sub)  # evaluate SCORED --out DIR [--mlflow-run-id ID]
     return parser
 
