@@ -6,7 +6,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["ConfigValueError", "FeaturesConfig", "StreamConfig", "ValidationConfig", "check", "parse_utc"]
+__all__ = [
+    "ChecksConfig",
+    "ConfigValueError",
+    "EtlConfig",
+    "FeastConfig",
+    "FeaturesConfig",
+    "SparkConfig",
+    "StreamConfig",
+    "ValidationConfig",
+    "check",
+    "parse_utc",
+]
 
 
 class ConfigValueError(ValueError):
@@ -56,6 +67,204 @@ class ValidationConfig:
     def ts_max_us(self) -> int:
         """Upper bound (exclusive) in microseconds since the epoch."""
         return int(parse_utc(self.ts_max, "ts_max").timestamp() * 1_000_000)
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the ETL's SparkSession is built (ignored under ``spark-submit``, where the submitter decides).
+
+    Parameters
+    ----------
+    master : str
+        ``local[*]`` by default; ``spark-submit --master ...`` overrides it.
+    driver_memory : str
+        JVM heap of the driver (in local mode the driver also runs the tasks), e.g. ``"4g"``.
+    shuffle_partitions : int
+        ``spark.sql.shuffle.partitions``: keep it small on a laptop (2 to 4 per core).
+    broadcast_threshold_mb : int
+        ``spark.sql.autoBroadcastJoinThreshold`` in MiB: snapshot tables of one day up to this
+        size are broadcast to the impressions instead of shuffling them.
+    arrow_batch_rows : int
+        Rows per Arrow batch handed to the pandas feature formulas.
+    progress_seconds : float
+        Interval of the progress log lines (stage, tasks done, rows/s); 0 turns them off.
+    """
+
+    master: str = "local[*]"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = 8
+    broadcast_threshold_mb: int = 64
+    arrow_batch_rows: int = 20000
+    progress_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        check(bool(self.master.strip()), "master", "a Spark master URL such as local[*]", self.master)
+        check(_is_memory(self.driver_memory), "driver_memory", "a JVM size such as 4g or 512m", self.driver_memory)
+        check(self.shuffle_partitions >= 1, "shuffle_partitions", ">= 1", self.shuffle_partitions)
+        check(self.broadcast_threshold_mb >= 0, "broadcast_threshold_mb", ">= 0", self.broadcast_threshold_mb)
+        check(self.arrow_batch_rows >= 100, "arrow_batch_rows", ">= 100", self.arrow_batch_rows)
+        check(self.progress_seconds >= 0, "progress_seconds", ">= 0", self.progress_seconds)
+
+
+def _is_memory(value: str) -> bool:
+    v = value.strip().lower()
+    return len(v) >= 2 and v[:-1].isdigit() and v[-1] in "kmgt" and int(v[:-1]) > 0
+
+
+@dataclass(frozen=True)
+class EtlConfig:
+    """Attribution windows, feature windows and sampling of the Spark ETL.
+
+    Parameters
+    ----------
+    out_dir : str
+        Output folder; empty means ``<infra.data_dir>/features``.
+    session_minutes : float
+        A click counts for an impression when it comes within this many minutes (the session).
+    cart_hours : float
+        An add-to-cart counts within this many hours of the impression.
+    purchase_days : float
+        The long purchase window (``purchased_7d``, ``gmv_7d``, label 3).
+    purchase_short_hours : float
+        The short purchase window (``purchased_24h``).
+    windows_days : tuple of int
+        Look-back windows of the count and rate features, in days (names end in ``_<w>d``).
+    prior_strength : float
+        Pseudo-impressions of the global rate added to every smoothed CTR and purchase rate:
+        ``(x + a * global_rate) / (views + a)``.
+    top_categories, top_sellers, top_items : int
+        How many of a user's categories, sellers and items (by 30-day interaction weight) the
+        user row keeps for the user x item features.
+    new_seller_days : float
+        A seller younger than this (at the snapshot) is a new seller.
+    snapshot_ttl_days : float
+        Feast TTL of the daily user, item and seller snapshots (at least 1: a snapshot serves a day).
+    realtime_ttl_days : float
+        Feast TTL of the intraday user rows; an older last activity counts as none.
+    negative_keep_rate : float
+        Share of impressions with label 0 kept (deterministic hash of impression id and
+        ``sample_seed``); kept negatives get ``sample_weight = 1 / negative_keep_rate``.
+    sample_seed : int
+    log_end : str
+        ISO-8601 end of the log (for ``label_complete``); empty means the latest timestamp seen.
+    """
+
+    out_dir: str = ""
+    session_minutes: float = 30.0
+    cart_hours: float = 24.0
+    purchase_days: float = 7.0
+    purchase_short_hours: float = 24.0
+    windows_days: tuple[int, ...] = (1, 7, 30)
+    prior_strength: float = 20.0
+    top_categories: int = 5
+    top_sellers: int = 5
+    top_items: int = 10
+    new_seller_days: float = 30.0
+    snapshot_ttl_days: float = 2.0
+    realtime_ttl_days: float = 30.0
+    negative_keep_rate: float = 1.0
+    sample_seed: int = 0
+    log_end: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("session_minutes", "cart_hours", "purchase_days", "purchase_short_hours", "new_seller_days",
+                     "realtime_ttl_days"):
+            check(getattr(self, name) > 0, name, "> 0", getattr(self, name))
+        check(self.purchase_short_hours <= self.purchase_days * 24, "purchase_short_hours",
+              f"<= purchase_days * 24 ({self.purchase_days * 24:g})", self.purchase_short_hours)
+        check(len(self.windows_days) >= 1 and all(w >= 1 for w in self.windows_days)
+              and len(set(self.windows_days)) == len(self.windows_days), "windows_days",
+              "distinct whole days >= 1", self.windows_days)
+        check(30 in self.windows_days, "windows_days", "to include 30 (the user profile window)", self.windows_days)
+        check(self.prior_strength > 0, "prior_strength", "> 0", self.prior_strength)
+        for name in ("top_categories", "top_sellers", "top_items"):
+            check(1 <= getattr(self, name) <= 50, name, "in [1, 50]", getattr(self, name))
+        check(self.snapshot_ttl_days >= 1, "snapshot_ttl_days", ">= 1 (a daily snapshot serves a whole day)",
+              self.snapshot_ttl_days)
+        check(0 < self.negative_keep_rate <= 1, "negative_keep_rate", "in (0, 1]", self.negative_keep_rate)
+        check(self.sample_seed >= 0, "sample_seed", ">= 0", self.sample_seed)
+        if self.log_end:
+            parse_utc(self.log_end, "log_end")
+
+    @property
+    def max_window_days(self) -> int:
+        """The longest look-back window."""
+        return max(self.windows_days)
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """Thresholds of the data checks that run before anything trains.
+
+    Parameters
+    ----------
+    max_quarantine_rate : float
+        Largest share of an input table's rows that may be quarantined.
+    max_null_rate : float
+        Largest share of nulls in any ``f_*`` column of the training table (ids, labels and
+        timestamps must never be null).
+    null_rate_ignore : tuple of str
+        Feature columns exempt from ``max_null_rate`` (e.g. a column the source never logs).
+    volume_min_ratio, volume_max_ratio : float
+        Each output day's impressions against the previous run's mean per day; 0 turns a bound off.
+    max_table_lag_hours : float
+        How far the newest event may lag the newest impression (a stalled event feed).
+    max_age_hours : float
+        How old the newest impression may be at ``as_of`` (default: now); 0 turns the check off,
+        as for replays of historical logs.
+    as_of : str
+        ISO-8601 reference time of the age check; empty means the wall clock.
+    """
+
+    max_quarantine_rate: float = 0.05
+    max_null_rate: float = 0.98
+    null_rate_ignore: tuple[str, ...] = ()
+    volume_min_ratio: float = 0.5
+    volume_max_ratio: float = 2.0
+    max_table_lag_hours: float = 48.0
+    max_age_hours: float = 0.0
+    as_of: str = ""
+
+    def __post_init__(self) -> None:
+        check(0 <= self.max_quarantine_rate <= 1, "max_quarantine_rate", "in [0, 1]", self.max_quarantine_rate)
+        check(0 <= self.max_null_rate <= 1, "max_null_rate", "in [0, 1]", self.max_null_rate)
+        check(all(c.startswith("f_") for c in self.null_rate_ignore), "null_rate_ignore",
+              "feature column names (f_*)", self.null_rate_ignore)
+        check(self.volume_min_ratio >= 0, "volume_min_ratio", ">= 0", self.volume_min_ratio)
+        check(self.volume_max_ratio == 0 or self.volume_max_ratio >= max(self.volume_min_ratio, 1.0),
+              "volume_max_ratio", "0 (off) or >= max(1, volume_min_ratio)", self.volume_max_ratio)
+        check(self.max_table_lag_hours > 0, "max_table_lag_hours", "> 0", self.max_table_lag_hours)
+        check(self.max_age_hours >= 0, "max_age_hours", ">= 0", self.max_age_hours)
+        if self.as_of:
+            parse_utc(self.as_of, "as_of")
+
+
+@dataclass(frozen=True)
+class FeastConfig:
+    """Where the Feast feature store keeps its registry and online store.
+
+    Parameters
+    ----------
+    project : str
+        Feast project name (letters, digits and underscores).
+    repo_dir : str
+        Folder of the registry and the SQLite online store; empty means ``<features out>/_feast``.
+    online_store : {"sqlite", "redis"}
+        ``sqlite`` (embedded default) or ``redis`` (the profile for scale).
+    redis_connection : str
+        Redis connection string (``host:port[,password=...]``) for the redis profile.
+    """
+
+    project: str = "feedrank"
+    repo_dir: str = ""
+    online_store: str = "sqlite"
+    redis_connection: str = "localhost:6379"
+
+    def __post_init__(self) -> None:
+        check(bool(self.project) and self.project.replace("_", "").isalnum(), "project",
+              "letters, digits and underscores", self.project)
+        check(self.online_store in ("sqlite", "redis"), "online_store", "one of sqlite, redis", self.online_store)
+        check(bool(self.redis_connection.strip()), "redis_connection", "a host:port string", self.redis_connection)
 
 
 def _is_host_port(address: str) -> bool:
@@ -175,4 +384,8 @@ class FeaturesConfig:
     """The ``features`` section of the feedrank configuration."""
 
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    etl: EtlConfig = field(default_factory=EtlConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+    feast: FeastConfig = field(default_factory=FeastConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)

@@ -17,6 +17,7 @@ import yaml
 from infra.config import ConfigError, FeedrankConfig, load_config
 from infra.evaluate_cli import add_evaluate_command
 from infra.release_cli import add_release_commands
+from infra.serving_cli import add_serving_commands
 from infra.stream_cli import add_stream_commands
 
 __all__ = ["main", "build_parser"]
@@ -66,6 +67,90 @@ def _cmd_validate(args: argparse.Namespace, config: FeedrankConfig) -> int:
     return 1 if (bad and args.strict) else 0
 
 
+def _features_dir(args: argparse.Namespace, config: FeedrankConfig) -> Path:
+    return Path(getattr(args, "out", None) or getattr(args, "features", None) or config.features.etl.out_dir
+                or Path(config.infra.data_dir) / "features")
+
+
+def _cmd_etl(args: argparse.Namespace, config: FeedrankConfig) -> int:
+    from features.checks import DataCheckError
+    from features.etl import FeatureEtl
+    from features.spark import build_spark
+
+    logs = Path(args.logs or Path(config.infra.data_dir) / "logs")
+    out = _features_dir(args, config)
+    spark = build_spark(config.features.spark)
+    try:
+        report = FeatureEtl(config.features).run(spark, str(logs), str(out), start_date=args.start_date,
+                                                 end_date=args.end_date)
+    except DataCheckError as exc:
+        print(f"feedrank etl: data checks failed, nothing published:\n{exc}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+    for name, t in report.tables.items():
+        print(f"{name:12s} input {t['input']:>11,}  valid {t['valid']:>11,}  quarantined {t['quarantined']:>8,}")
+        for reason, count in t["reasons"].items():
+            print(f"    {count:>8,}  {reason}")
+    rows = sum(d["rows"] for d in report.outputs["training"].values())
+    print(f"wrote {rows:,} training rows for {len(report.dates)} day(s) to {out} in {report.seconds:.1f} s "
+          f"({report.impressions_per_second:,.0f} impressions/s); report in {out}/_reports/")
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace, config: FeedrankConfig) -> int:
+    from features import store
+
+    out = _features_dir(args, config)
+    cfg = config.features
+    if args.action == "check":
+        from features.checks import check_training_table
+
+        report = check_training_table(out / "training", etl=cfg.etl, checks=cfg.checks)
+        print(report.to_text(failures_only=not args.verbose))
+        return 0 if report.passed else 1
+    feast_store = store.open_store(out, cfg.feast)
+    if args.action == "apply":
+        views = store.apply_definitions(feast_store, out, cfg.etl)
+        print(f"applied entities user, item, seller and views {', '.join(views)} (project {cfg.feast.project})")
+    elif args.action == "materialize":
+        from features.config import parse_utc
+
+        end = store.materialize(feast_store, out, cfg.etl, end=parse_utc(args.end, "--end") if args.end else None)
+        print(f"materialized the online store as of {end.isoformat()}")
+    else:  # training-set
+        import pyarrow.dataset as ds
+
+        from features.checks import check_training_table
+
+        check_training_table(out / "training", etl=cfg.etl, checks=cfg.checks).raise_for_failures()
+        table = ds.dataset(out / "training", format="parquet", partitioning="hive")
+        dates = ds.field("date")
+        where = None
+        if args.start_date:
+            where = dates >= args.start_date
+        if args.end_date:
+            where = (dates <= args.end_date) if where is None else where & (dates <= args.end_date)
+        base = table.to_table(columns=[c for c in table.schema.names if not c.startswith("f_")], filter=where)
+        built = store.build_training_set(feast_store, base.to_pandas(), cfg.etl)
+        Path(args.to).parent.mkdir(parents=True, exist_ok=True)
+        built.to_parquet(args.to, index=False)
+        print(f"wrote {len(built):,} rows x {sum(c.startswith('f_') for c in built.columns)} features "
+              f"(Feast point-in-time) to {args.to}")
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace, config: FeedrankConfig) -> int:
+    from features.adapters import adapt_taobao
+
+    report = adapt_taobao(args.source, args.out)
+    print(f"{report.lines:,} lines -> {report.tables}; {report.quarantined:,} quarantined")
+    for reason, count in report.reasons.items():
+        print(f"    {count:>8,}  {reason}")
+    print(f"contract tables in {args.out}; next: feedrank etl {args.out} --out <features dir>")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, config: FeedrankConfig) -> int:
     print(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False), end="")
     return 0
@@ -97,6 +182,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any row is quarantined")
     p.set_defaults(func=_cmd_validate)
 
+    p = sub.add_parser("etl", help="Spark ETL: contract tables -> training rows and feature tables",
+                       description="Validate the logs (quarantining bad rows), attribute events, build "
+                                   "leakage-safe features and labels, check them, and publish Parquet tables "
+                                   "partitioned by date. Runs Spark local[*] unless started by spark-submit.")
+    p.add_argument("logs", nargs="?", help="folder of the contract tables (default: <infra.data_dir>/logs)")
+    p.add_argument("--out", help="output folder (default: features.etl.out_dir or <infra.data_dir>/features)")
+    p.add_argument("--start-date", help="first impression day to (re)build, YYYY-MM-DD (default: the first)")
+    p.add_argument("--end-date", help="last impression day to (re)build, YYYY-MM-DD (default: the last)")
+    p.add_argument("--negative-keep-rate", type=float, help="share of label-0 rows kept (features.etl)")
+    p.add_argument("--master", help="Spark master, e.g. local[2] (features.spark.master)")
+    p.set_defaults(func=_cmd_etl, flags=(("features", "etl", "negative_keep_rate"),
+                                         ("features", "spark", "master")))
+
+    p = sub.add_parser("features", help="Feast feature store: apply, materialize, training sets, checks",
+                       description="Work with the Feast repo over the ETL output (SQLite online store by "
+                                   "default; features.feast.online_store: redis for scale).")
+    p.add_argument("action", choices=["apply", "materialize", "training-set", "check"],
+                   help="apply: register entities and views; materialize: load the online store; "
+                        "training-set: point-in-time training rows via Feast; check: data checks on training/")
+    p.add_argument("--features", help="ETL output folder (default: features.etl.out_dir or <infra.data_dir>/features)")
+    p.add_argument("--end", help="materialize: state as of this ISO-8601 time (default: after the last snapshot)")
+    p.add_argument("--start-date", help="training-set: first day, YYYY-MM-DD")
+    p.add_argument("--end-date", help="training-set: last day, YYYY-MM-DD")
+    p.add_argument("--to", default="training_set.parquet", help="training-set: output Parquet file")
+    p.add_argument("--verbose", action="store_true", help="check: list passed checks too")
+    p.set_defaults(func=_cmd_features)
+
+    p = sub.add_parser("adapt", help="map a real log into the event-log contract",
+                       description="Map a public dataset into the five contract tables (see "
+                                   "features/adapters/); unmappable rows are quarantined with reasons.")
+    p.add_argument("kind", choices=["taobao"], help="source format")
+    p.add_argument("source", help="source file (taobao: UserBehavior CSV)")
+    p.add_argument("--out", required=True, help="output folder for the contract tables")
+    p.set_defaults(func=_cmd_adapt)
+
     p = sub.add_parser("config", help="print the effective configuration",
                        description="Print the configuration after defaults, --config and FEEDRANK_* overrides.")
     p.set_defaults(func=_cmd_config)
@@ -104,10 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_release_commands(sub)  # rollout start|status|advance|rollback|auto, mlflow-ui
     add_stream_commands(sub)  # services up|down|status kafka, stream run|replay
     add_evaluate_command(sub)  # evaluate SCORED --out DIR [--mlflow-run-id ID]
+    add_serving_commands(sub)  # train, serve, rank
     return parser
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict:
+    flags = getattr(args, "flags", ())
+    if flags and isinstance(flags[0], tuple):  # (section, ..., key) paths
+        out: dict = {}
+        for *path, key in flags:
+            if getattr(args, key, None) is not None:
+                node = out
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[key] = getattr(args, key)
+        return out
     section = getattr(args, "section", None)
     values = {f: getattr(args, f) for f in getattr(args, "flags", ()) if getattr(args, f, None) is not None}
     if not section or not values:
