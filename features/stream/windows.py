@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.derived import REALTIME_INPUTS
+
 __all__ = [
     "ALL_ROLLING",
     "INTRADAY_COLUMNS",
@@ -55,10 +57,8 @@ SRC_IMPRESSION, SRC_EVENT = 0, 1
 #: Columns of an observation frame: one row per impression or event.
 OBS_COLUMNS: tuple[str, ...] = ("src", "id", "kind", "ts_us", "user_id", "item_id")
 
-#: Columns of the intraday row: the ``user_realtime`` view's features as the ETL writes them
-#: (:data:`features.derived.REALTIME_INPUTS`; a test keeps the two equal).
-INTRADAY_COLUMNS: tuple[str, ...] = ("rt_day", "rt_views", "rt_clicks", "rt_carts", "rt_purchases",
-                                     "rt_last_view_us", "rt_last_event_us")
+#: Columns of the intraday row: the ``user_realtime`` view's features as the ETL writes them.
+INTRADAY_COLUMNS: tuple[str, ...] = REALTIME_INPUTS
 
 
 @dataclass(frozen=True)

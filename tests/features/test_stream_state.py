@@ -213,7 +213,3 @@ def test_feature_names_are_unique_and_prefixed() -> None:
     assert all(n.startswith("f_user_") for n in names[:len(USER_ROLLING)])
     assert "f_user_carts_24h" in names and "f_item_purchases_1h" in names
 
-
-def test_intraday_columns_are_the_etl_realtime_inputs() -> None:
-    derived = pytest.importorskip("features.derived")
-    assert INTRADAY_COLUMNS == derived.REALTIME_INPUTS
