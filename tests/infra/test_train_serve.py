@@ -33,7 +33,7 @@ def trained(tmp_path_factory):
         "retrieval": {"training": {"max_epochs": 2, "batch_size": 512}},
         "ranking": {"ranker": {"num_boost_round": 40, "min_data_in_leaf": 20},
                     "purchase": {"num_boost_round": 40, "min_data_in_leaf": 20},
-                    "propensity": {"min_impressions": 50}},
+                    "propensity": {"min_impressions": 50}, "purchase_label": "purchased_24h"},
         "infra": {"data_dir": str(root / "data")},
     })
     logs = root / "data" / "logs"
