@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100_000, help="rows of the throughput run")
     parser.add_argument("--rate", type=float, default=1000.0, help="rows/s of the freshness run")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the freshness run")
-    parser.add_argument("--max-poll-records", type=int, nargs="+", default=[2000],
+    parser.add_argument("--max-poll-records", type=int, nargs="+", default=[2000, 10000],
                         help="batch sizes of the throughput runs (features.stream.max_poll_records)")
     parser.add_argument("--skip-freshness", action="store_true")
     parser.add_argument("--out", help="write the figures here (JSON)")

@@ -111,7 +111,10 @@ def _cmd_features(args: argparse.Namespace, config: FeedrankConfig) -> int:
         return 0 if report.passed else 1
     feast_store = store.open_store(out, cfg.feast)
     if args.action == "apply":
+        from features.stream.views import apply_rolling_views
+
         views = store.apply_definitions(feast_store, out, cfg.etl)
+        views += apply_rolling_views(feast_store, out)  # the stream consumer's push-source views
         print(f"applied entities user, item, seller and views {', '.join(views)} (project {cfg.feast.project})")
     elif args.action == "materialize":
         from features.config import parse_utc

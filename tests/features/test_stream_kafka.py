@@ -435,3 +435,20 @@ def test_replay_publishes_in_event_time_order_at_the_speedup(broker: KafkaBroker
         times = [json.loads(m.value)["ts"] for m in msgs]
         assert times == sorted(times)  # ISO strings of one format sort as times
     assert {int(m.key) for m in got} == {json.loads(m.value)["user_id"] for m in got}
+
+
+def test_features_apply_registers_the_rolling_views(tmp_path: Path, data_dir: Path, feast_config: FeastConfig) -> None:
+    from feast import FeatureStore
+
+    from features.store import load_repo_config
+    from infra.cli import main
+
+    _etl_tables(data_dir / "features")
+    config_file = tmp_path / "feedrank.yaml"
+    config_file.write_text(yaml.safe_dump({"features": {"feast": {"project": feast_config.project,
+                                                                   "repo_dir": feast_config.repo_dir}},
+                                           "infra": {"data_dir": str(data_dir)}}))
+    assert main(["--config", str(config_file), "features", "apply"]) == 0
+    repo = load_repo_config(data_dir / "features", feast_config)
+    views = {fv.name for fv in FeatureStore(config=repo, repo_path=str(repo.repo_path)).list_feature_views()}
+    assert {"user_realtime", "user_rolling", "item_rolling"} <= views
