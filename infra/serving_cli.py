@@ -54,7 +54,14 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     if args.port is not None:
         serving_cfg = dataclasses.replace(serving_cfg, port=args.port)
     log_dir = data_path(config, "serving")
-    impressions = ImpressionLog(log_dir).start()
+    publisher = None
+    if config.features.stream.enabled:  # served impressions also go to Kafka, for the stream consumer
+        from features.stream.producer import EventPublisher
+        from features.stream.topics import ensure_topics
+
+        ensure_topics(config.features.stream)
+        publisher = EventPublisher(config.features.stream).open()
+    impressions = ImpressionLog(log_dir, publisher=publisher.publish_impressions if publisher else None).start()
     requests = RequestLog(log_dir).start()
     features_dir = Path(args.features or Path(config.infra.data_dir) / "train" / "features")
     user_source = feast_user_source(config, features_dir) if (features_dir / "_feast").is_dir() else None
@@ -70,6 +77,8 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     finally:
         impressions.close()
         requests.close()
+        if publisher is not None:
+            publisher.close()
     return 0
 
 
