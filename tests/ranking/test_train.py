@@ -74,7 +74,7 @@ def test_artifacts_and_metadata(trained, synthetic_frame):
     # The synthetic log's examination is (p + 1) ** -1.
     curve = np.asarray(meta["propensity"]["examination"])
     assert np.max(np.abs(curve - 1.0 / np.arange(1, len(curve) + 1))) < 0.1
-    assert meta["ranker"]["ips_weighting"] is True and meta["config"]["propensity"]["max_weight"] == 10.0
+    assert meta["ranker"]["ips_weighting"] is True and meta["config"]["propensity"]["max_weight"] == SMALL_CONFIG.propensity.max_weight
     assert meta["versions"]["lightgbm"] == "4.7.0"
     assert json.loads((root / "metadata.json").read_text()) == meta  # plain JSON, no NaN
 
@@ -83,7 +83,8 @@ def test_ranking_metrics_use_the_model_at_its_best_iteration(trained):
     from ranking.train import ranking_metrics
 
     test = trained.slices.test
-    ips = trained.propensity.ips_weights(test["position"].astype(float).to_numpy(), max_weight=10.0)
+    ips = trained.propensity.ips_weights(test["position"].astype(float).to_numpy(),
+                                         max_weight=SMALL_CONFIG.propensity.max_weight)
     again = ranking_metrics(trained.ranker.predict(test[trained.ranker.feature_names_]), test, (10, 20),
                             ips_weight=ips)
     assert again == trained.metadata["metrics"]["ranker"]["test"]
