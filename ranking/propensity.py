@@ -147,6 +147,7 @@ class PositionBiasEstimator:
         # Delta method for CTR(p) / CTR(0): Var ~ var_p / c0^2 + c_p^2 var_0 / c0^4.
         stderr = np.full(n_pos, np.nan)
         stderr[covered] = np.sqrt(var[covered] / ctr[0] ** 2 + ctr[covered] ** 2 * var[0] / ctr[0] ** 4)
+        stderr[0] = 0.0  # the ratio is 1 there by definition
 
         idx = np.flatnonzero(covered)
         values = ctr[idx]
