@@ -167,7 +167,7 @@ def calibration_gap_to_truth(p_pred: np.ndarray, p_true: np.ndarray, weight: np.
 
 
 def evaluate(sim: MarketplaceSimulator, frame: pd.DataFrame, config: RankingConfig, out_dir: Path,
-             *, figures: bool = True) -> dict[str, Any]:
+             *, figures: bool = True, skyline: bool = True) -> dict[str, Any]:
     """Train IPS and naive rankers on ``frame`` and judge them (and the scorer) against the truth.
 
     The naive ranker is the same pipeline without weights: same slices, same parameters as
@@ -194,9 +194,11 @@ def evaluate(sim: MarketplaceSimulator, frame: pd.DataFrame, config: RankingConf
     }
     # Skyline: the same ranker trained on labels drawn without position bias (every slot examined),
     # i.e. what the logs would teach if the buyers looked at everything.
-    skyline = fit_ranker(skyline_labels(sim, ips.slices.train, seed=1), skyline_labels(sim, ips.slices.valid, seed=2),
+    sky = None
+    if skyline:
+        sky = fit_ranker(skyline_labels(sim, ips.slices.train, seed=1), skyline_labels(sim, ips.slices.valid, seed=2),
                          features, config, propensity=None, params=params)
-    scores["skyline"] = skyline.predict(test[features])
+        scores["skyline"] = sky.predict(test[features])
     ndcg = truth_ndcg(test, truth["expected_gain"], scores)
     ndcg_purchase = truth_ndcg(test, truth["purchase"], {"naive": scores["naive"], "ips": scores["ips"],
                                                          "oracle_by_purchase": truth["purchase"]})
@@ -253,7 +255,7 @@ def evaluate(sim: MarketplaceSimulator, frame: pd.DataFrame, config: RankingConf
         "purchase_calibration": calibration,
         "examination_curve": curve,
         "ranker_trees": {"ips": ips.ranker.best_iteration_, "naive": naive.best_iteration_,
-                         "skyline": skyline.best_iteration_},
+                         "skyline": None if sky is None else sky.best_iteration_},
         "scorer_kinds": {"ranker": scorer.ranker.kind, "purchase": scorer.purchase.kind},
         "seconds": round(time.perf_counter() - started, 1),
         "config": asdict(config),
