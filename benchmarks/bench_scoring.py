@@ -117,7 +117,7 @@ def main() -> None:
             row: dict = {"trees": trees, "leaves": leaves,
                          "mean_leaves": round(float(np.mean([t["num_leaves"] for t in
                                                              booster.dump_model()["tree_info"]])), 1)}
-            native = NativePredictor(booster, raw_score=True, num_threads=1)
+            native = NativePredictor(booster=booster, raw_score=True, num_threads=1)
             row["lightgbm"] = timings_ms(native.predict, X, repeat=args.repeat, warmup=args.warmup)
             reference = native.predict(X)
             for label, quantize in (("compiled", False), ("compiled_quantize", True)):
@@ -125,7 +125,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 compile_model(model_path, lib, quantize=quantize, nthread=2)
                 compile_s = time.perf_counter() - t0
-                compiled = CompiledPredictor(lib, raw_score=True, nthread=1)
+                compiled = CompiledPredictor.load(lib, raw_score=True, nthread=1)
                 row[label] = {**timings_ms(compiled.predict, X, repeat=args.repeat, warmup=args.warmup),
                               "compile_s": round(compile_s, 1),
                               "max_abs_diff_vs_lightgbm": float(np.max(np.abs(compiled.predict(X) - reference)))}
@@ -140,17 +140,15 @@ def main() -> None:
         if not ranker_txt.exists():
             train_model("ranker", 300, 31, args.features, 0, ranker_txt)
             compile_model(ranker_txt, root / "ranker_300x31_compiled.so", nthread=2)
-        import lightgbm as lgb
-
         calibrator = IsotonicCalibrator().fit(rng.random(5000), rng.random(5000) < 0.3)
         names = [f"f_{i}" for i in range(args.features)]
         for label, compiled in (("compiled", True), ("lightgbm", False)):
             if compiled:
-                ranker = CompiledPredictor(root / "ranker_300x31_compiled.so", raw_score=True)
-                purchase = CompiledPredictor(root / "purchase.so", raw_score=False)
+                ranker = CompiledPredictor.load(root / "ranker_300x31_compiled.so", raw_score=True)
+                purchase = CompiledPredictor.load(root / "purchase.so", raw_score=False)
             else:
-                ranker = NativePredictor(lgb.Booster(model_file=str(ranker_txt)), raw_score=True)
-                purchase = NativePredictor(lgb.Booster(model_file=str(root / "purchase.txt")), raw_score=False)
+                ranker = NativePredictor.load(ranker_txt, raw_score=True)
+                purchase = NativePredictor.load(root / "purchase.txt", raw_score=False)
             scorer = ExpectedGMVScorer(ranker=ranker, purchase=purchase, calibrator=calibrator, feature_names=names,
                                        purchase_feature_names=names)
             results["scorer"][label] = timings_ms(lambda M, s=scorer: s.score(M, price=price, margin=margin).order(),

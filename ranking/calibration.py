@@ -63,10 +63,8 @@ def _check_inputs(y_true: Any, y_prob: Any, sample_weight: Any, *, prob_name: st
 class IsotonicCalibrator:
     """Monotone map from model scores to probabilities, fitted by isotonic regression.
 
-    Parameters
-    ----------
-    (none) — the fit is scikit-learn's ``IsotonicRegression(increasing=True, y_min=0, y_max=1,
-    out_of_bounds="clip")``.
+    Takes no parameters: the fit is scikit-learn's ``IsotonicRegression(increasing=True,
+    y_min=0, y_max=1, out_of_bounds="clip")``; prediction interpolates its breakpoints.
 
     Attributes
     ----------

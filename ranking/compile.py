@@ -122,40 +122,58 @@ class NativePredictor:
 
     kind = "lightgbm"
 
-    def __init__(self, booster: Any, *, raw_score: bool, num_threads: int = 1) -> None:
+    def __init__(self, *, booster: Any, raw_score: bool, num_threads: int = 1) -> None:
         self.booster = booster
         self.raw_score = raw_score
         self.num_threads = num_threads
         self.n_features = int(booster.num_feature())
 
+    @classmethod
+    def load(cls, model_path: str | os.PathLike[str], *, raw_score: bool, num_threads: int = 1) -> NativePredictor:
+        """Read a LightGBM text model."""
+        import lightgbm as lgb
+
+        return cls(booster=lgb.Booster(model_file=str(model_path)), raw_score=raw_score, num_threads=num_threads)
+
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.booster.predict(X, raw_score=self.raw_score, num_threads=self.num_threads)
+        """Predictions for the rows of ``X`` (n, d), shape (n,)."""
+        return np.asarray(self.booster.predict(X, raw_score=self.raw_score, num_threads=self.num_threads),
+                          dtype=np.float64)
 
 
 class CompiledPredictor:
-    """Prediction through a tl2cgen shared library.
+    """Prediction through a tl2cgen shared library (build one with :meth:`load`).
 
     Parameters
     ----------
-    lib_path : path of the ``.so``
+    predictor : tl2cgen.Predictor
     raw_score : bool
         Raw margins or transformed outputs, as :class:`NativePredictor`.
-    nthread : int, default 1
+    lib_path : Path
+        Where the library was loaded from (for messages).
     """
 
     kind = "compiled"
 
-    def __init__(self, lib_path: str | os.PathLike[str], *, raw_score: bool, nthread: int = 1) -> None:
+    def __init__(self, *, predictor: Any, raw_score: bool, lib_path: Path) -> None:
+        self.predictor = predictor
+        self.raw_score = raw_score
+        self.lib_path = lib_path
+        self.n_features = int(predictor.num_feature)
+
+    @classmethod
+    def load(cls, lib_path: str | os.PathLike[str], *, raw_score: bool, nthread: int = 1) -> CompiledPredictor:
+        """Load a library written by :func:`compile_model`."""
         import tl2cgen
 
-        self.lib_path = Path(lib_path)
-        self.raw_score = raw_score
-        self._predictor = tl2cgen.Predictor(str(self.lib_path), nthread=nthread)
-        self.n_features = int(self._predictor.num_feature)
-        self._dmatrix = tl2cgen.DMatrix
+        return cls(predictor=tl2cgen.Predictor(str(lib_path), nthread=nthread), raw_score=raw_score,
+                   lib_path=Path(lib_path))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        out = self._predictor.predict(self._dmatrix(X, dtype="float64"), pred_margin=self.raw_score)
+        """Predictions for the rows of ``X`` (n, d), shape (n,)."""
+        import tl2cgen
+
+        out = self.predictor.predict(tl2cgen.DMatrix(X, dtype="float64"), pred_margin=self.raw_score)
         return np.asarray(out, dtype=np.float64).reshape(len(X))
 
 
@@ -179,10 +197,7 @@ def load_predictor(model_path: str | os.PathLike[str], lib_path: str | os.PathLi
     CompiledModelUnavailableWarning
         When ``lib_path`` is given but missing, unloadable, or built for another feature count.
     """
-    import lightgbm as lgb
-
-    booster = lgb.Booster(model_file=str(model_path))
-    native = NativePredictor(booster, raw_score=raw_score, num_threads=num_threads)
+    native = NativePredictor.load(model_path, raw_score=raw_score, num_threads=num_threads)
     if lib_path is None:
         return native
     lib_path = Path(lib_path)
@@ -191,7 +206,7 @@ def load_predictor(model_path: str | os.PathLike[str], lib_path: str | os.PathLi
         reason = f"{lib_path} does not exist"
     else:
         try:
-            compiled = CompiledPredictor(lib_path, raw_score=raw_score, nthread=num_threads)
+            compiled = CompiledPredictor.load(lib_path, raw_score=raw_score, nthread=num_threads)
         except Exception as exc:  # a library built elsewhere may fail in many ways; fall back on any
             reason = f"{lib_path} could not be loaded ({exc})"
         else:

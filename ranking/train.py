@@ -398,7 +398,6 @@ def _json_safe(value: Any) -> Any:
 
 def _compile_both(root: Path, config: RankingConfig, heldout: dict[str, np.ndarray]) -> dict[str, Any]:
     """Compile each model, check it against LightGBM on held-out rows, keep it only if equal."""
-    import lightgbm as lgb
 
     report: dict[str, Any] = {}
     for name, raw in (("ranker", True), ("purchase", False)):
@@ -411,9 +410,9 @@ def _compile_both(root: Path, config: RankingConfig, heldout: dict[str, np.ndarr
             compile_model(root / _FILES[name], lib, toolchain=config.compile.toolchain,
                           quantize=config.compile.quantize, parallel_comp=config.compile.parallel_comp,
                           nthread=config.num_threads)
-            native = NativePredictor(lgb.Booster(model_file=str(root / _FILES[name])), raw_score=raw)
+            native = NativePredictor.load(root / _FILES[name], raw_score=raw)
             X = heldout[name]
-            diff = float(np.max(np.abs(CompiledPredictor(lib, raw_score=raw).predict(X) - native.predict(X))))
+            diff = float(np.max(np.abs(CompiledPredictor.load(lib, raw_score=raw).predict(X) - native.predict(X))))
         except CompilationError as exc:
             warn_compiled_unavailable(str(exc))
             report[name] = {"ok": False, "error": str(exc)}

@@ -48,8 +48,8 @@ def models(tmp_path_factory):
 def test_compiled_predictions_equal_lightgbm(models, name, raw, quantize, tmp_path):
     root, X = models
     lib = compile_model(root / f"{name}.txt", tmp_path / f"{name}.so", quantize=quantize)
-    compiled = CompiledPredictor(lib, raw_score=raw)
-    native = NativePredictor(lgb.Booster(model_file=str(root / f"{name}.txt")), raw_score=raw)
+    compiled = CompiledPredictor.load(lib, raw_score=raw)
+    native = NativePredictor.load(root / f"{name}.txt", raw_score=raw)
     ours, theirs = compiled.predict(X), native.predict(X)
     assert ours.shape == theirs.shape == (len(X),)
     assert np.max(np.abs(ours - theirs)) <= TOLERANCE
