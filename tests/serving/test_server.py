@@ -109,10 +109,18 @@ def test_health_and_reflection(server):
     assert {"feedrank.v1.FeedRanker", "feedrank.v1.FeedRankerAdmin", "grpc.health.v1.Health"} <= names
 
 
-def test_expired_deadline(server):
-    stub, *_ = server
+def test_expired_deadline(server, monkeypatch):
+    stub, _, router, *_ = server
+    for pipeline in (router.state.champion, router.state.challenger):
+        slow = pipeline._score
+
+        def delayed(*args, _inner=slow, **kwargs):  # fault injection: a dependency that is slow
+            time.sleep(0.5)
+            return _inner(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, "_score", delayed)
     with pytest.raises(grpc.RpcError) as err:
-        stub.RankFeed(req(), timeout=1e-6)
+        stub.RankFeed(req(), timeout=0.1)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
