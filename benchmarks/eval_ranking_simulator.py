@@ -22,8 +22,9 @@ each test request (all of a feed's slots when negatives are not downsampled).
 
 Money: each policy's top 10 of each test request is served to the simulator's exact
 expectation (``MarketplaceSimulator.expected_outcome``, which applies the true position
-bias), giving expected GMV per request. The GMV oracle sorts by true P(purchase | examined)
-x price, which is optimal under a position-based model.
+bias), giving expected GMV per request: the logged order, each ranker, the scorer with its
+configured blend and with blends 0 (E[GMV] alone) to 2, and the GMV oracle (true
+P(purchase | examined) x price, optimal under a position-based model).
 
     python benchmarks/eval_ranking_simulator.py --users 4000 --days 14 --seed 11 --out build/bench/ranking_sim/default
     python benchmarks/eval_ranking_simulator.py --users 4000 --days 14 --seed 12 --policy-noise 0.3 \
@@ -202,13 +203,14 @@ def evaluate(sim: MarketplaceSimulator, frame: pd.DataFrame, config: RankingConf
     ndcg = truth_ndcg(test, truth["expected_gain"], scores)
     ndcg_purchase = truth_ndcg(test, truth["purchase"], {"naive": scores["naive"], "ips": scores["ips"],
                                                          "oracle_by_purchase": truth["purchase"]})
-    # The scorer orders by E[GMV], the ranker breaking ties (ScoredCandidates.order); as one key:
-    zero_ties = scored.score + 1e-9 * scored.ranker_score / (1 + np.abs(scored.ranker_score).max())
+    # The scorer's own order (the configured blend; the ranker breaks ties, ScoredCandidates.order),
+    # as one sort key, then the blend E[GMV] * exp(b * z(ranker score)) for several b (b = 0: E[GMV] alone).
+    tie_break = 1e-9 * scored.ranker_score / (1 + np.abs(scored.ranker_score).max())
     policies = {"logging_policy": scores["logging_policy"], "naive": scores["naive"], "ips": scores["ips"],
-                "expected_gmv_scorer": zero_ties, "oracle_expected_gmv": truth["expected_gmv"]}
-    for blend in (0.25, 1.0):  # the configured blend E[GMV] * exp(blend * z(ranker score))
-        z = _standardise(scored.ranker_score, test["request_id"].to_numpy())
-        policies[f"expected_gmv_scorer_blend_{blend}"] = scored.expected_gmv * np.exp(blend * z)
+                "scorer": scored.score + tie_break, "oracle_expected_gmv": truth["expected_gmv"]}
+    z = _standardise(scored.ranker_score, test["request_id"].to_numpy())
+    for blend in (0.0, 0.25, 0.5, 1.0, 2.0):
+        policies[f"scorer_blend_{blend}"] = scored.expected_gmv * np.exp(blend * z) + tie_break
     gmv = served_gmv(sim, test, policies)
 
     # Calibration: on the held-out purchase slice, against outcomes and against the true probability

@@ -203,7 +203,8 @@ class RankingConfig:
         Bins (equal-mass) of the expected calibration error and the reliability diagram.
     blend_weight : float
         ``score = E[GMV] * exp(blend_weight * z)`` with ``z`` the ranker's score standardised
-        within the request; 0 orders by E[GMV] and lets the ranker break ties.
+        within the request; 0 orders by E[GMV] alone (the ranker breaks ties). 0.5 by default
+        (see ``ranking.scorer`` for the measurements behind it).
     num_threads : int
         LightGBM threads for training and native prediction.
     seed : int
@@ -224,7 +225,7 @@ class RankingConfig:
     complete_labels_only: bool = True
     purchase_position_feature: bool = True
     calibration_bins: int = 15
-    blend_weight: float = 0.0
+    blend_weight: float = 0.5
     num_threads: int = 1
     seed: int = 0
 

@@ -13,12 +13,18 @@ within a request. The sort key is::
     score = E[GMV] * exp(blend_weight * z),   z = (s - mean_req(s)) / std_req(s)
 
 where ``s`` is the ranker's score and the mean and standard deviation are taken over the
-request's candidates. ``blend_weight = 0`` (the default) orders by expected GMV, which is
-what the business optimises, and the ranker breaks ties, which are common: the isotonic
-calibrator is a step function and sends many weak candidates to the same probability,
-often 0. A positive weight trades money for engagement: one standard deviation of ranker
-score is worth a factor ``exp(blend_weight)`` of expected GMV. Candidates with
-``E[GMV] = 0`` stay at 0 and are ordered by the ranker among themselves.
+request's candidates: one standard deviation of ranker score is worth a factor
+``exp(blend_weight)`` of expected GMV. Ties are broken by the ranker; they are common, as
+the isotonic calibrator is a step function that sends many weak candidates to the same
+probability, often 0 (such candidates stay at 0 and are ordered by the ranker alone).
+
+``blend_weight = 0`` orders by expected GMV alone. The default is 0.5, measured: on three
+simulated marketplaces, serving each test request's top 10 to the simulator's exact
+expectation, the blend at 0.5 gave 5-24% more expected GMV than E[GMV] alone and was within
+1.7% of the best weight tried (0, 0.25, 0.5, 1, 2, 4) in each; the ranker alone gave less
+than either where the purchase model had enough purchases to learn from. The purchase model
+learns from rare purchases, the ranker from ten times as many clicks and carts; the blend
+lets the second correct the first's noise while money still sets the scale.
 """
 
 from __future__ import annotations
@@ -81,12 +87,12 @@ class ExpectedGMVScorer:
     purchase_feature_names : list of str
         The purchase model's features: ``feature_names``, plus ``"position"`` last when the
         model was trained with the slot (the scorer then fills 0).
-    blend_weight : float, default 0.0
+    blend_weight : float, default 0.5
         See the module docstring.
     """
 
     def __init__(self, *, ranker: Predictor, purchase: Predictor, calibrator: IsotonicCalibrator,
-                 feature_names: list[str], purchase_feature_names: list[str], blend_weight: float = 0.0) -> None:
+                 feature_names: list[str], purchase_feature_names: list[str], blend_weight: float = 0.5) -> None:
         self.ranker = ranker
         self.purchase = purchase
         self.calibrator = calibrator
