@@ -23,7 +23,7 @@ from features.config import SparkConfig
 if TYPE_CHECKING:  # pyspark is imported lazily at run time
     from pyspark.sql import SparkSession
 
-__all__ = ["HadoopFiles", "build_spark", "progress", "publish_partitions", "under_spark_submit"]
+__all__ = ["HadoopFiles", "build_spark", "progress", "publish_partitions", "spark_session", "under_spark_submit"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,24 @@ def build_spark(config: SparkConfig, *, app_name: str = "feedrank-etl") -> Spark
     spark.sparkContext.setLogLevel("WARN")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     return spark
+
+
+@contextmanager
+def spark_session(config: SparkConfig, *, app_name: str = "feedrank-etl") -> Iterator[SparkSession]:
+    """:func:`build_spark` for one job: the session is stopped afterwards only if this call created it.
+
+    A session that was already running (a notebook's, a test suite's shared one) belongs to
+    its creator and stays up.
+    """
+    from pyspark.sql import SparkSession
+
+    existed = SparkSession.getActiveSession() is not None
+    spark = build_spark(config, app_name=app_name)
+    try:
+        yield spark
+    finally:
+        if not existed:
+            spark.stop()
 
 
 @contextmanager

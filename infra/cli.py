@@ -75,19 +75,17 @@ def _features_dir(args: argparse.Namespace, config: FeedrankConfig) -> Path:
 def _cmd_etl(args: argparse.Namespace, config: FeedrankConfig) -> int:
     from features.checks import DataCheckError
     from features.etl import FeatureEtl
-    from features.spark import build_spark
+    from features.spark import spark_session
 
     logs = Path(args.logs or Path(config.infra.data_dir) / "logs")
     out = _features_dir(args, config)
-    spark = build_spark(config.features.spark)
     try:
-        report = FeatureEtl(config.features).run(spark, str(logs), str(out), start_date=args.start_date,
-                                                 end_date=args.end_date)
+        with spark_session(config.features.spark) as spark:
+            report = FeatureEtl(config.features).run(spark, str(logs), str(out), start_date=args.start_date,
+                                                     end_date=args.end_date)
     except DataCheckError as exc:
         print(f"feedrank etl: data checks failed, nothing published:\n{exc}", file=sys.stderr)
         return 1
-    finally:
-        spark.stop()
     for name, t in report.tables.items():
         print(f"{name:12s} input {t['input']:>11,}  valid {t['valid']:>11,}  quarantined {t['quarantined']:>8,}")
         for reason, count in t["reasons"].items():

@@ -164,13 +164,10 @@ class _Context:
     # ------------------------------------------------------------------ steps
     def step_etl(self) -> dict[str, Any]:
         from features.etl import FeatureEtl
-        from features.spark import build_spark
+        from features.spark import spark_session
 
-        spark = build_spark(self.config.features.spark)
-        try:
+        with spark_session(self.config.features.spark) as spark:
             etl = FeatureEtl(self.config.features).run(spark, str(self.logs), str(self.features_dir))
-        finally:
-            spark.stop()
         return {"impressions": etl.impressions, "impressions_per_second": round(etl.impressions_per_second)}
 
     def step_feast(self) -> dict[str, Any]:

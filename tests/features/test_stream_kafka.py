@@ -351,6 +351,10 @@ def test_the_consumer_recovers_when_the_broker_restarts_mid_stream(store, tmp_pa
 
             broker.kill()  # the in-memory broker loses its log, its topics and the group's offsets
             broker = start_kafka(port)
+            # It comes back empty; whoever runs it recreates the topics (``make kafka-up`` does).
+            # Without them the broker answers produce requests with an error the client cannot
+            # retry (UnknownError), a property of the test broker, not of the consumer under test.
+            ensure_topics(cfg)
             publisher.publish("impressions", imp.iloc[rest_imp])
             publisher.publish("events", ev.iloc[rest_ev])
             publisher.flush()
