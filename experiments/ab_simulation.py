@@ -2,7 +2,8 @@
 
 Layout of one simulated experiment (days of the simulator's period, 0-based)::
 
-    [0, pre_days)                          pre-period: both arms served by control
+    [0, pre_days)                          pre-period: both arms served by control (optionally
+                                           with randomized top slots on a share of requests)
     [pre_days, pre_days + experiment_days) experiment: each user's arm serves them
 
 Users are split by :func:`experiments.ab.assign_arm` (the salted hash serving uses), once,
@@ -97,12 +98,19 @@ class ABSimulationConfig:
         Experiment salt for :func:`experiments.ab.assign_arm`.
     treatment_share : float, default=0.5
         Share of users in treatment, in (0, 1).
+    pre_period_randomized_share : float, default=0.0
+        Share of pre-period requests whose top ``shuffle_top_n`` slots (the simulator's) are
+        shuffled uniformly at random and logged as randomized with propensity ``1 / n``, in
+        [0, 1]: the randomized traffic a model trained on the pre-period needs to estimate
+        position bias (the marketplace's usual exploration). Both arms get it alike, so the
+        CUPED covariate stays balanced; the experiment period is never randomized.
     """
 
     pre_days: int = 3
     experiment_days: int = 7
     salt: str = "ab-sim-1"
     treatment_share: float = 0.5
+    pre_period_randomized_share: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("pre_days", "experiment_days"):
@@ -114,6 +122,8 @@ class ABSimulationConfig:
             raise TypeError(f"salt must be a str, got {type(self.salt).__name__}")
         check(1 <= len(self.salt.encode("utf-8")) <= 64, "salt", "1 to 64 UTF-8 bytes", self.salt)
         check(0.0 < self.treatment_share < 1.0, "treatment_share", "in (0, 1)", self.treatment_share)
+        check(0.0 <= self.pre_period_randomized_share <= 1.0, "pre_period_randomized_share", "in [0, 1]",
+              self.pre_period_randomized_share)
 
 
 @dataclass(frozen=True)
@@ -225,6 +235,26 @@ def _serve(policy: RankingPolicy, requests: Requests, available: np.ndarray, rng
     return served
 
 
+def _randomize(served: np.ndarray, share: float, top_n: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle the top ``top_n`` slots of a ``share`` of the feeds uniformly at random.
+
+    Only feeds whose top ``n = min(top_n, K)`` slots are all filled take part. Returns
+    ``(served, randomized (R,), propensity (R, K))``; the propensity is ``1 / n`` on the
+    shuffled slots of randomized feeds and NaN elsewhere.
+    """
+    n = min(top_n, served.shape[1])
+    randomized = (rng.random(served.shape[0]) < share) & (served[:, :n] >= 0).all(axis=1) & (n >= 2)
+    propensity = np.full(served.shape, np.nan)
+    rows = np.flatnonzero(randomized)
+    if rows.size:
+        served = served.copy()
+        perm = np.argsort(rng.random((rows.size, n)), axis=1)
+        served[rows, :n] = np.take_along_axis(served[rows, :n], perm, axis=1)
+        propensity[rows, :n] = 1.0 / n
+    return served, randomized, propensity
+
+
 def _pad(feeds: np.ndarray, width: int) -> np.ndarray:
     if feeds.shape[1] == width:
         return feeds
@@ -255,7 +285,8 @@ def run_ab_simulation(
 
     The pre-period is served by ``control`` for everybody; then, when ``treatment`` is a
     factory, it is called with the :class:`~experiments.policies.LogHistory` of events logged
-    before the experiment starts; then each user is served by their arm's policy for the
+    before the experiment starts (its :meth:`~experiments.policies.LogHistory.export_logs`
+    gives a factory that trains a model the full contract logs before the start); then each user is served by their arm's policy for the
     experiment days. Requests are simulated in chunks of the simulator's ``chunk_requests``
     and written chunk by chunk, so memory stays bounded by a chunk plus per-user counters.
     Data go to ``<out_dir>.partial`` and are moved into place at the end.
@@ -329,8 +360,10 @@ def _run(simulator: MarketplaceSimulator, control: RankingPolicy, treatment: Ran
     experiment_start = pd.Timestamp(start_us, unit="us", tz="UTC")
 
     def write(day: int, chunk: int, requests: Requests, served: np.ndarray, policy: np.ndarray | str,
-              available: np.ndarray, rng: np.random.Generator) -> None:
-        outcome = simulator.respond(requests, served, rng=rng, policy=policy)
+              available: np.ndarray, rng: np.random.Generator, randomized: np.ndarray | None = None,
+              propensity: np.ndarray | None = None) -> None:
+        outcome = simulator.respond(requests, served, rng=rng, policy=policy, randomized=randomized,
+                                    propensity=propensity)
         imp = outcome.impressions
         imp = imp.append_column(ARM_COLUMN, _arm_strings(treated_user[imp["user_id"].to_numpy()]))
         events = pa.concat_tables([outcome.events, simulator.organic_events(requests, available, rng)])
@@ -350,7 +383,13 @@ def _run(simulator: MarketplaceSimulator, control: RankingPolicy, treatment: Ran
         for c, lo in enumerate(range(0, len(requests), cfg.chunk_requests)):
             reqs = requests.take(slice(lo, lo + cfg.chunk_requests))
             served = _serve(control, reqs, available, np.random.default_rng([cfg.seed, day, c, 201]), world.n_items)
-            write(day, c, reqs, served, control.name, available, np.random.default_rng([cfg.seed, day, c, 101]))
+            randomized = propensity = None
+            if design.pre_period_randomized_share > 0:
+                served, randomized, propensity = _randomize(
+                    served, design.pre_period_randomized_share, cfg.shuffle_top_n,
+                    np.random.default_rng([cfg.seed, day, c, 203]))
+            write(day, c, reqs, served, control.name, available, np.random.default_rng([cfg.seed, day, c, 101]),
+                  randomized, propensity)
         log_day(day, "pre-period", len(requests))
 
     if isinstance(treatment, RankingPolicy):

@@ -8,6 +8,10 @@ method returning item ids by position. Two baselines ship here:
   affinities (from their events before the experiment) times each item's popularity share
   within its category.
 
+and :class:`PipelinePolicy` puts the full system in front of the buyers: every request goes
+through a serving pipeline (``serving.model_pipeline.ModelPipeline`` loaded from a trained feed
+bundle: retrieval, features, ranker, calibrated E[GMV], re-ranking, exploration).
+
 Policies never see the simulator's latent truth (tastes, quality); what they know comes from
 logs (:class:`LogHistory`) or, for :meth:`PopularityPolicy.from_simulator`, from the incumbent
 logging policy's own popularity score.
@@ -25,6 +29,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from features.contract import EVENT_TYPES
 
@@ -35,6 +40,7 @@ __all__ = [
     "DEFAULT_EVENT_WEIGHTS",
     "HistoryAffinityPolicy",
     "LogHistory",
+    "PipelinePolicy",
     "PopularityPolicy",
     "RankingPolicy",
 ]
@@ -114,10 +120,17 @@ class LogHistory:
     items : pandas.DataFrame
         Contract ``items`` rows (at least ``item_id, category_id``); item ids must be
         ``0 .. n_items - 1`` (dense), as the ``available`` masks of :class:`RankingPolicy` are.
+    log_dir : str, optional
+        The folder of contract tables the history was read from (set by :meth:`from_logs`), so
+        a policy that needs the full logs (a trained model) can :meth:`export_logs` them.
+    before : pandas.Timestamp, optional
+        The cut-off: only rows strictly before it belong to the history (UTC).
     """
 
     events: pd.DataFrame
     items: pd.DataFrame
+    log_dir: str | None = None
+    before: pd.Timestamp | None = None
 
     def __post_init__(self) -> None:
         for arg, frame, cols in (("events", self.events, ("user_id", "item_id", "type")),
@@ -138,6 +151,9 @@ class LogHistory:
         bad_items = (self.events["item_id"] < 0) | (self.events["item_id"] >= len(ids))
         if bad_items.any():
             raise ValueError(f"events.item_id must be in [0, {len(ids)}), got {int(bad_items.sum())} rows outside")
+        object.__setattr__(self, "before", _utc(self.before))
+        if self.log_dir is not None:
+            object.__setattr__(self, "log_dir", os.fspath(self.log_dir))
 
     @property
     def n_items(self) -> int:
@@ -172,21 +188,69 @@ class LogHistory:
             if not (root / table).is_dir():
                 raise FileNotFoundError(f"{root / table} not found: log_dir must hold contract tables")
         events = ds.dataset(root / "events", format="parquet")
-        filt = None
-        if before is not None:
-            ts = pd.Timestamp(before)
-            ts = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
-            filt = pc.field("ts") < ts.to_pydatetime()
+        ts = _utc(before)
+        filt = None if ts is None else pc.field("ts") < ts.to_pydatetime()
         ev = events.to_table(columns=["ts", "user_id", "item_id", "type", "impression_id", "quantity",
                                       "price_paid"], filter=filt).to_pandas()
         items = ds.dataset(root / "items", format="parquet").to_table(
             columns=["item_id", "seller_id", "category_id", "price", "created_ts"]).to_pandas()
-        return cls(events=ev, items=items)
+        return cls(events=ev, items=items, log_dir=str(root), before=ts)
+
+    def export_logs(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write the history as contract logs: the five tables, facts strictly before ``before``.
+
+        ``users``, ``sellers`` and ``items`` are copied; ``impressions`` and ``events`` keep the
+        rows with ``ts < before`` and only the contract's columns (an A/B's ``arm`` column is
+        dropped), one Parquet file each. This is what a model of the full system is trained
+        on: the logs as they stood when the experiment started.
+
+        Parameters
+        ----------
+        out_dir : path
+            Output folder (created; must not hold the tables already).
+
+        Returns
+        -------
+        pathlib.Path
+            ``out_dir``.
+
+        Raises
+        ------
+        ValueError
+            If the history was not read by :meth:`from_logs` (no ``log_dir``).
+        FileExistsError
+            If ``out_dir`` already holds one of the tables.
+        """
+        from features.contract import TABLE_ORDER, arrow_schema
+
+        if self.log_dir is None:
+            raise ValueError("log_dir is None: only a history read by LogHistory.from_logs can export its logs")
+        src, out = Path(self.log_dir), Path(out_dir)
+        for table in TABLE_ORDER:
+            if (out / table).exists():
+                raise FileExistsError(f"{out / table} exists: out_dir must not hold contract tables already")
+        for table in TABLE_ORDER:
+            schema = arrow_schema(table)
+            dataset = ds.dataset(src / table, format="parquet")
+            filt = None
+            if self.before is not None and table in ("impressions", "events"):
+                filt = pc.field("ts") < self.before.to_pydatetime()
+            data = dataset.to_table(columns=schema.names, filter=filt)
+            (out / table).mkdir(parents=True)
+            pq.write_table(data, out / table / "part-00000.parquet")
+        return out
 
     def weighted_counts(self, key: str, weights: Mapping[str, float]) -> pd.Series:
         """Sum of event weights per value of ``key`` (``"item_id"`` or ``"user_id"``)."""
         w = self.events["type"].map(dict(weights)).fillna(0.0).astype(np.float64)
         return w.groupby(self.events[key].to_numpy()).sum()
+
+
+def _utc(value: pd.Timestamp | str | None) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
 
 
 def _check_weights(weights: Mapping[str, float]) -> dict[str, float]:
@@ -454,4 +518,138 @@ class HistoryAffinityPolicy:
             feed = np.take_along_axis(top_ids, order, axis=1)
             feed = np.where(np.isfinite(np.take_along_axis(top_score, order, axis=1)), feed, -1)
             out[lo: lo + feed.shape[0], :take] = feed
+        return out
+
+
+# ------------------------------------------------------------------------------ the full system
+
+# Serving's default candidate count (serving.config.LimitsConfig.default_candidate_count).
+_DEFAULT_CANDIDATES = 500
+
+
+class PipelinePolicy:
+    """The full system as a :class:`RankingPolicy`: each request goes through a serving pipeline.
+
+    Every simulated request becomes a ``serving.requests.FeedRequest`` (user, device, hour, day
+    of week and time of the request; ``k = feed_length``) and is ranked by
+    ``pipeline.rank`` -- the very code path of the gRPC ``RankFeed`` handler after request
+    parsing: retrieval, features, scoring, expected GMV, re-ranking and the pipeline's own
+    exploration. Items that are not available today are passed as the request's excluded
+    items (the catalog the model was trained on may list items the simulator has since taken
+    off sale), and the served ids are checked against ``available`` once more; a feed shorter
+    than ``feed_length`` is padded with ``-1``. Serving is deterministic: the pipeline's
+    exploration draws from the request id, and ``rng`` is unused.
+
+    Parameters
+    ----------
+    pipeline : serving.pipeline.PipelineBase
+        A loaded pipeline (e.g. ``ModelPipeline.from_bundle(...)``; see :meth:`from_bundle`).
+    feed_length : int, default=20
+        Items per feed (the request's ``k``), in [1, 255].
+    candidate_count : int, default=500
+        Candidates retrieved per request, ``>= feed_length``.
+    name : str, optional
+        Policy name for the logs; default the pipeline's ranker version.
+    """
+
+    def __init__(self, pipeline, *, feed_length: int = 20, candidate_count: int = _DEFAULT_CANDIDATES,
+                 name: str | None = None) -> None:
+        from serving.pipeline import PipelineBase
+
+        if not isinstance(pipeline, PipelineBase):
+            raise TypeError(f"pipeline must be a serving PipelineBase, got {type(pipeline).__name__}")
+        _check_feed_length(feed_length)
+        if isinstance(candidate_count, bool) or not isinstance(candidate_count, (int, np.integer)):
+            raise TypeError(f"candidate_count must be an int, got {type(candidate_count).__name__}")
+        if candidate_count < feed_length:
+            raise ValueError(f"candidate_count must be >= feed_length={feed_length}, got {candidate_count}")
+        name = pipeline.versions.ranker if name is None else name
+        _check_name(name)
+        self.pipeline = pipeline
+        self.feed_length = int(feed_length)
+        self.candidate_count = int(candidate_count)
+        self._name = name
+        self._excluded: tuple[np.ndarray, np.ndarray] | None = None  # (mask, ids): last availability
+
+    @property
+    def name(self) -> str:
+        """Policy name (model version) logged with every impression it serves."""
+        return self._name
+
+    def __repr__(self) -> str:
+        return (f"PipelinePolicy(name={self._name!r}, feed_length={self.feed_length}, "
+                f"candidate_count={self.candidate_count})")
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: str | os.PathLike[str], *, version: str = "full-system-v1",
+                    feed_length: int = 20, candidate_count: int = _DEFAULT_CANDIDATES,
+                    rerank=None, exploration=None) -> PipelinePolicy:
+        """Load a feed bundle (``serving.bundle``) into a ``ModelPipeline`` and wrap it.
+
+        Parameters
+        ----------
+        bundle_dir : path
+            A trained bundle folder (``bundle.json`` and its components).
+        version : str, default="full-system-v1"
+            Model version: the pipeline's version and the policy's name.
+        feed_length, candidate_count : int
+            As in the constructor.
+        rerank : serving.rerank.RerankConfig, optional
+            Re-ranking rules; default serving's defaults.
+        exploration : serving.exploration.ExplorationConfig, optional
+            Randomized share of the pipeline; default serving's default (2 %).
+
+        Raises
+        ------
+        serving.bundle.BundleError
+            If the folder is not a complete bundle.
+        """
+        from serving.exploration import ExplorationConfig
+        from serving.model_pipeline import ModelPipeline
+        from serving.rerank import RerankConfig, Reranker
+
+        pipeline = ModelPipeline.from_bundle(
+            bundle_dir, version=version, reranker=Reranker(RerankConfig() if rerank is None else rerank),
+            exploration=ExplorationConfig() if exploration is None else exploration)
+        return cls(pipeline, feed_length=feed_length, candidate_count=candidate_count, name=version)
+
+    def _unavailable(self, mask: np.ndarray) -> np.ndarray:
+        """Catalog ids the pipeline might serve that ``mask`` rules out (cached per mask)."""
+        hit = self._excluded
+        if hit is not None and np.array_equal(hit[0], mask):
+            return hit[1]
+        snap = self.pipeline.snapshot
+        ids = snap.item_ids[snap.in_stock]
+        inside = (ids >= 0) & (ids < mask.size)
+        ids = np.sort(np.concatenate([ids[inside][~mask[ids[inside]]], ids[~inside]]))
+        self._excluded = (mask.copy(), ids)
+        return ids
+
+    def serve(self, requests: Requests, available: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Rank each request through the pipeline (see :class:`RankingPolicy`)."""
+        from serving.metrics import StageTimer
+        from serving.requests import FeedRequest
+
+        from experiments.simulator.world import DEVICES
+
+        mask = np.asarray(available)
+        if mask.dtype != np.bool_ or mask.ndim != 1:
+            raise ValueError(f"available must be a 1-D bool array, got {mask.dtype} {mask.shape}")
+        excluded = self._unavailable(mask)
+        k = self.feed_length
+        out = np.full((len(requests), k), -1, dtype=np.int64)
+        days = requests.ts_us // 86_400_000_000
+        dows = (days + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
+        hours = requests.hour
+        for r in range(len(requests)):
+            request = FeedRequest(
+                request_id=str(int(requests.request_id[r])), user_id=int(requests.user_id[r]), k=k,
+                candidate_count=self.candidate_count, exclude_item_ids=excluded,
+                device=DEVICES[int(requests.device[r])], country=None, hour=int(hours[r]),
+                day_of_week=int(dows[r]), ts_us=int(requests.ts_us[r]))
+            result = self.pipeline.rank(request, arm="treatment", timer=StageTimer(), deadline=None)
+            ids = np.fromiter((it.item_id for it in result.items), dtype=np.int64, count=len(result.items))
+            ok = (ids >= 0) & (ids < mask.size)
+            ids = ids[ok][mask[ids[ok]]][:k]
+            out[r, : ids.size] = ids
         return out
