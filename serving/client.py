@@ -22,10 +22,17 @@ class FeedClient:
         Bearer token for Reload and Status when the server requires one.
     timeout : float
         Per-call deadline in seconds.
+    root_certificates : bytes, optional
+        PEM certificates to trust; given, the channel uses TLS (the server's ``tls_cert_file``
+        or the CA that signed it). Without, the channel is plaintext.
     """
 
-    def __init__(self, address: str, *, admin_token: str | None = None, timeout: float = 5.0) -> None:
-        self._channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, *, admin_token: str | None = None, timeout: float = 5.0,
+                 root_certificates: bytes | None = None) -> None:
+        if root_certificates is None:
+            self._channel = grpc.insecure_channel(address)
+        else:
+            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates))
         self._feed = pb_grpc.FeedRankerStub(self._channel)
         self._admin = pb_grpc.FeedRankerAdminStub(self._channel)
         self._metadata = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()

@@ -137,6 +137,19 @@ class Reranker:
     def __init__(self, config: RerankConfig) -> None:
         self.config = config
         self._blocked = np.asarray(config.blocked_sellers, dtype=np.int64)
+        # The FA*IR table depends only on k: computed once per k (binom.ppf costs more than the
+        # whole greedy pass), and scipy.stats imported here rather than by the first request.
+        self._mtables: dict[int, list[int]] = {}
+        if config.new_seller_min_share > 0 and config.new_seller_alpha is not None:
+            import scipy.stats  # noqa: F401
+
+    def _mtable(self, k: int) -> list[int]:
+        table = self._mtables.get(k)
+        if table is None:  # racing threads compute the same list; either assignment is fine
+            cfg = self.config
+            table = fair_prefix_minimums(k, cfg.new_seller_min_share, cfg.new_seller_alpha).tolist()
+            self._mtables[k] = table
+        return table
 
     def rerank(self, candidates: Candidates, k: int, *, purchased: np.ndarray | None = None,
                excluded: np.ndarray | None = None) -> RerankResult:
@@ -171,8 +184,7 @@ class Reranker:
         protected = np.asarray(c.is_new_seller, dtype=bool).tolist()
         remaining = ranked.tolist()
         n_protected_left = sum(protected[i] for i in remaining)
-        mtable = np.minimum(fair_prefix_minimums(k, cfg.new_seller_min_share, cfg.new_seller_alpha),
-                            n_protected_left).tolist()
+        mtable = [min(m, n_protected_left) for m in self._mtable(k)]
         cat_cap = max(1, int(np.ceil(cfg.max_category_share * k))) if cfg.max_category_share < 1 else k
         max_run = cfg.max_category_run if cfg.max_category_run > 0 else k
         penalty = cfg.seller_repeat_penalty
