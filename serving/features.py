@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from features.derived import REALTIME_INPUTS, derived_features
+from features.derived import DERIVED_FEATURES, ITEM_INPUTS, REALTIME_INPUTS, derived_features
 
 __all__ = ["FeastUserFeatures", "FeatureAssembler", "SnapshotUserFeatures", "UserFeatureSource", "UserRows"]
 
@@ -112,29 +112,80 @@ class FeatureAssembler:
         ``f_seller_*``.
     user_columns : list of str
         Columns of a user snapshot row (features and the auxiliary inputs of derived features).
+
+    Each feature comes from the first of: the request-time features of
+    :func:`features.derived.derived_features` (the ETL's own function, called on a frame of
+    exactly its inputs), the user's snapshot or real-time row, the item snapshot. The item
+    columns are held as one float64 matrix, gathered by row per request: building a frame of
+    every snapshot column per request cost several milliseconds of pandas work.
     """
 
     def __init__(self, *, feature_names: list[str], item_frame: pd.DataFrame, user_columns: list[str]) -> None:
         self.feature_names = list(feature_names)
         self.item_frame = item_frame.reset_index(drop=True)
         self.user_columns = list(user_columns)
+        frame = self.item_frame
+        user_set = set(self.user_columns) | set(REALTIME_INPUTS)
+        numeric = {c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c].dtype)}
+        # derived-feature inputs the item rows supply, kept in their own dtype (ids stay ints)
+        self._item_inputs = {c: _column(frame[c]) for c in ITEM_INPUTS if c in frame.columns}
+        # which source each model feature is read from (derived > user/real-time row > item snapshot)
+        derived_pos, user_pos, item_pos, missing = [], [], [], []
+        item_cols: list[str] = []
+        for j, name in enumerate(self.feature_names):
+            if name in DERIVED_FEATURES:
+                derived_pos.append((j, DERIVED_FEATURES.index(name)))
+            elif name in user_set:
+                user_pos.append((j, name))
+            elif name in numeric:
+                item_pos.append(j)
+                item_cols.append(name)
+            else:
+                missing.append(name)
+        self._missing = missing
+        self._derived_dst = np.array([j for j, _ in derived_pos], dtype=np.int64)
+        self._derived_src = np.array([i for _, i in derived_pos], dtype=np.int64)
+        self._user_pos = user_pos
+        self._item_dst = np.array(item_pos, dtype=np.int64)
+        self._item_values = (frame[item_cols].to_numpy(dtype=np.float64, na_value=np.nan) if item_cols
+                             else np.zeros((len(frame), 0)))
+        self._user_inputs = [c for c in self.user_columns if c not in self._item_inputs]
+        self._rt_inputs = [c for c in REALTIME_INPUTS if c not in self._item_inputs and c not in self.user_columns]
 
     def assemble(self, *, ts_us: int, device: str | None, user_row: dict[str, Any] | None,
                  realtime_row: dict[str, Any] | None, rows: np.ndarray) -> np.ndarray:
         """Feature matrix of shape (len(rows), len(feature_names)), NaN where undefined."""
-        frame = self.item_frame.iloc[rows].reset_index(drop=True)
-        n = len(frame)
-        extra: dict[str, Any] = {"ts_us": np.full(n, ts_us, dtype=np.int64), "device": [device] * n}
-        for col in self.user_columns:
-            value = None if user_row is None else user_row.get(col)
-            extra[col] = np.full(n, np.nan if value is None else value, dtype=np.float64)
-        for col in REALTIME_INPUTS:
-            value = None if realtime_row is None else realtime_row.get(col)
-            extra[col] = np.full(n, np.nan if value is None else value, dtype=np.float64)
-        frame = pd.concat([frame, pd.DataFrame(extra)], axis=1)
-        derived = derived_features(frame)
-        frame = pd.concat([frame.drop(columns=[c for c in derived.columns if c in frame.columns]), derived], axis=1)
-        missing = [c for c in self.feature_names if c not in frame.columns]
-        if missing:
-            raise KeyError(f"features missing from the serving inputs: {missing[:5]}")
-        return frame[self.feature_names].to_numpy(dtype=np.float64, na_value=np.nan)
+        if self._missing:
+            raise KeyError(f"features missing from the serving inputs: {self._missing[:5]}")
+        rows = np.asarray(rows, dtype=np.int64)
+        n = len(rows)
+        values = {c: _value(user_row, c) for c in self._user_inputs}
+        values.update({c: _value(realtime_row, c) for c in self._rt_inputs})
+        # the inputs of derived_features: one float block of the per-request constants, then the items' columns
+        names = list(values)
+        frame = pd.DataFrame(np.broadcast_to(np.array([values[c] for c in names], dtype=np.float64), (n, len(names))),
+                             columns=names, copy=True)
+        for col, arr in self._item_inputs.items():
+            frame[col] = arr[rows]
+        frame["ts_us"] = np.full(n, ts_us, dtype=np.int64)
+        frame["device"] = pd.Series([device] * n, dtype=object)
+        derived = derived_features(frame).to_numpy(dtype=np.float64)
+        X = np.empty((n, len(self.feature_names)), dtype=np.float64)
+        X[:, self._item_dst] = self._item_values[rows]
+        for j, name in self._user_pos:
+            X[:, j] = values[name] if name in values else _value(user_row if name in self.user_columns
+                                                                 else realtime_row, name)
+        X[:, self._derived_dst] = derived[:, self._derived_src]
+        return X
+
+
+def _value(row: dict[str, Any] | None, name: str) -> float:
+    value = None if row is None else row.get(name)
+    return np.nan if value is None else float(value)
+
+
+def _column(series: pd.Series) -> np.ndarray:
+    """A column as a numpy array: ints without nulls stay int64, anything else becomes float64 with NaN."""
+    if pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any():
+        return series.to_numpy(dtype=np.int64)
+    return series.to_numpy(dtype=np.float64, na_value=np.nan)
