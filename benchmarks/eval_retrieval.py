@@ -89,7 +89,13 @@ def run_sim(args: argparse.Namespace) -> dict:
     from experiments.simulator import MarketplaceSimulator
 
     presets = {"study": {"taste_concentration": 0.1, "organic_rate": 1.0}, "default": {}}
-    sim_config = SimulatorConfig(**presets[args.preset], seed=args.seed)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in SimulatorConfig.__dataclass_fields__:
+            raise SystemExit(f"--set {item}: SimulatorConfig has no field {key!r}")
+        overrides[key] = type(getattr(SimulatorConfig(), key))(value)
+    sim_config = SimulatorConfig(**{**presets[args.preset], **overrides}, seed=args.seed)
     config = RetrievalConfig(training=TrainingConfig(num_threads=args.threads))
     with tempfile.TemporaryDirectory(prefix="feedrank-retrieval-") as tmp:
         sim = MarketplaceSimulator(sim_config)
@@ -194,6 +200,8 @@ def main() -> None:
     sim.add_argument("--preset", choices=("study", "default"), default="study")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--artifact", default="", help="also save the retriever here")
+    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a simulator setting (repeatable), e.g. --set items=50000")
     tb = sub.add_parser("taobao", help="the Taobao sample, through features.adapters.taobao")
     tb.add_argument("--data", default="../shared/data/taobao/UserBehavior_head.csv")
     for p in (sim, tb):
