@@ -15,6 +15,7 @@ from features.config import EtlConfig
 from features.derived import DERIVED_FEATURES, REALTIME_INPUTS, user_inputs
 
 __all__ = [
+    "FEATURE_SOURCES",
     "ITEM_AUX",
     "KEY_COLUMNS",
     "OutputLayout",
@@ -23,6 +24,8 @@ __all__ = [
     "item_feature_names",
     "seller_feature_names",
     "training_feature_names",
+    "training_schema",
+    "user_aux_names",
     "user_feature_names",
 ]
 
@@ -56,6 +59,15 @@ TRAINING_BASE: tuple[tuple[str, pa.DataType, bool], ...] = (
 KEY_COLUMNS: tuple[str, ...] = tuple(name for name, _, nullable in TRAINING_BASE if not nullable)
 
 ITEM_AUX: tuple[str, ...] = ("item_category_id", "item_seller_id", "item_created_us")
+
+# Features that are null exactly where an optional contract column is null. A source that
+# declares the column unlogged (``<logs>/_source.json``, "unlogged_columns") exempts the
+# feature from the null-rate check instead of failing every run.
+FEATURE_SOURCES: dict[str, str] = {
+    "f_item_stock_qty": "items.stock_qty",
+    "f_item_seller_rating": "sellers.rating",
+    "f_ctx_device": "impressions.device",
+}
 REALTIME_COLUMNS: tuple[str, ...] = REALTIME_INPUTS
 
 

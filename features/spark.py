@@ -83,10 +83,9 @@ def build_spark(config: SparkConfig, *, app_name: str = "feedrank-etl") -> Spark
     for key, value in settings.items():
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
-    for key in ("spark.sql.session.timeZone", "spark.sql.shuffle.partitions",
-                "spark.sql.autoBroadcastJoinThreshold", "spark.sql.execution.arrow.maxRecordsPerBatch",
-                "spark.sql.sources.partitionColumnTypeInference.enabled"):
-        spark.conf.set(key, str(settings[key]))  # a session that already existed gets them too
+    for key, value in settings.items():  # a session that already existed gets them too
+        if key.startswith("spark.sql."):
+            spark.conf.set(key, str(value))
     spark.sparkContext.setLogLevel("WARN")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     return spark
@@ -112,46 +111,51 @@ def spark_session(config: SparkConfig, *, app_name: str = "feedrank-etl") -> Ite
 
 @contextmanager
 def progress(spark: SparkSession, every_seconds: float, label: str) -> Iterator[None]:
-    """Label the block's Spark jobs with ``label`` and log the running stages (tasks done of total)
-    every ``every_seconds`` while it runs (0: no log lines)."""
+    """Run the block's Spark jobs in job group ``label`` and log their running stages (tasks done
+    of total) every ``every_seconds`` (0: no log lines). Blocks may run in parallel threads."""
     context = spark.sparkContext
-    context.setJobDescription(label)
-    if every_seconds <= 0:
-        try:
-            yield
-        finally:
-            context.setJobDescription(None)  # type: ignore[arg-type]
-        return
+    context.setJobGroup(label, label)
     stop = threading.Event()
-    tracker = spark.sparkContext.statusTracker()
+    tracker = context.statusTracker()
     start = time.perf_counter()
 
     def report() -> None:
         while not stop.wait(every_seconds):
             parts = []
-            for sid in tracker.getActiveStageIds():
-                info = tracker.getStageInfo(sid)
-                if info is not None:
-                    parts.append(f"stage {sid} {info.numCompletedTasks}/{info.numTasks} tasks")
+            for jid in tracker.getJobIdsForGroup(label):
+                job = tracker.getJobInfo(jid)
+                if job is None or job.status != "RUNNING":
+                    continue
+                for sid in job.stageIds:
+                    info = tracker.getStageInfo(sid)
+                    if info is not None and info.numActiveTasks + info.numCompletedTasks > 0 \
+                            and info.numCompletedTasks < info.numTasks:
+                        parts.append(f"stage {sid} {info.numCompletedTasks}/{info.numTasks} tasks")
             logger.info("%s: %.0f s elapsed; %s", label, time.perf_counter() - start,
-                        ", ".join(parts) if parts else "between stages")
+                        ", ".join(parts) if parts else "planning or between stages")
 
-    thread = threading.Thread(target=report, name=f"progress-{label}", daemon=True)
-    thread.start()
+    thread = threading.Thread(target=report, name=f"progress-{label}", daemon=True) if every_seconds > 0 else None
+    if thread is not None:
+        thread.start()
     try:
         yield
     finally:
         stop.set()
-        thread.join(timeout=5)
-        context.setJobDescription(None)  # type: ignore[arg-type]
+        if thread is not None:
+            thread.join(timeout=5)
+        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        context.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
 
 
 class HadoopFiles:
     """Folder operations on whatever filesystem a path names, through the JVM's Hadoop client."""
 
     def __init__(self, spark: SparkSession) -> None:
-        self._jvm = spark.sparkContext._jvm  # noqa: SLF001
-        self._conf = spark.sparkContext._jsc.hadoopConfiguration()  # noqa: SLF001
+        jvm, jsc = spark.sparkContext._jvm, spark.sparkContext._jsc  # noqa: SLF001
+        if jvm is None or jsc is None:
+            raise RuntimeError("HadoopFiles needs a classic (JVM-backed) SparkSession, not Spark Connect")
+        self._jvm: Any = jvm
+        self._conf = jsc.hadoopConfiguration()
 
     def _path(self, path: str) -> tuple[Any, Any]:
         jpath = self._jvm.org.apache.hadoop.fs.Path(path)

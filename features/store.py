@@ -81,6 +81,9 @@ VIEWS: tuple[FeatureViewSpec, ...] = (
 )
 
 
+_VIEW_NAMES: tuple[str, ...] = tuple(v.name for v in VIEWS)
+
+
 def _view(name: str) -> FeatureViewSpec:
     for v in VIEWS:
         if v.name == name:
@@ -231,7 +234,7 @@ def online_rows(store: FeatureStore, view: str, ids: Sequence[int]) -> pd.DataFr
 
 
 def historical_features(store: FeatureStore, entity_df: pd.DataFrame,
-                        views: Sequence[str] = tuple(v.name for v in VIEWS)) -> pd.DataFrame:
+                        views: Sequence[str] = _VIEW_NAMES) -> pd.DataFrame:
     """Point-in-time features (Feast ``get_historical_features``) for every row of ``entity_df``.
 
     ``entity_df`` needs ``event_timestamp`` (UTC) and the join keys of the requested views.

@@ -118,20 +118,21 @@ class TaobaoReport:
     imputations: dict[str, str] = field(default_factory=lambda: dict(IMPUTATIONS))
 
 
-def _parse(path: Path, config: TaobaoConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _parse(path: Path, config: TaobaoConfig) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Split the CSV into parsed rows (with their line numbers) and quarantined lines with reasons."""
     lo = int(parse_utc(config.period_start, "period_start").timestamp())
     hi = int(parse_utc(config.period_end, "period_end").timestamp())
     good: dict[str, list[int | str]] = {c: [] for c in ("line", *_COLUMNS)}
     bad: list[tuple[int, str, str]] = []
     allowed = (PAGE_VIEW, *BEHAVIOUR_EVENTS)
+    line_no = 0
     with path.open(newline="") as fh:
         for line_no, fields in enumerate(csv.reader(fh), start=1):
             raw = ",".join(fields)
             if len(fields) != len(_COLUMNS):
                 bad.append((line_no, raw, f"row: expected {len(_COLUMNS)} fields, got {len(fields)}"))
                 continue
-            reasons = []
+            reasons: list[str] = []
             values: list[int | str] = []
             for name, value in zip(_COLUMNS, fields, strict=True):
                 if name == "behavior":
@@ -154,11 +155,11 @@ def _parse(path: Path, config: TaobaoConfig) -> tuple[pd.DataFrame, pd.DataFrame
                 bad.append((line_no, raw, "; ".join(reasons)))
                 continue
             good["line"].append(line_no)
-            for name, value in zip(_COLUMNS, values, strict=True):
-                good[name].append(value)
+            for column, parsed in zip(_COLUMNS, values, strict=True):
+                good[column].append(parsed)
     rows = pd.DataFrame(good).astype({c: "int64" for c in ("line", "user_id", "item_id", "category_id", "unix_ts")})
     quarantine = pd.DataFrame(bad, columns=["line", "raw_line", "reason"]).astype({"line": "int64"})
-    return rows, quarantine
+    return rows, quarantine, line_no
 
 
 def _contract_tables(rows: pd.DataFrame, config: TaobaoConfig) -> dict[str, pd.DataFrame]:
@@ -216,14 +217,14 @@ def adapt_taobao(source: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"source {path} not found")
-    rows, quarantine = _parse(path, config)
+    rows, quarantine, lines = _parse(path, config)
     tables = _contract_tables(rows, config)
     results = validate_logs(tables)
     for name, res in results.items():  # the mapping should always satisfy the contract; keep any exception
         if len(res.quarantined):
             q = res.quarantined
-            lines = q["impression_id"] if name == "impressions" else q["event_id"] if name == "events" else None
-            extra = pd.DataFrame({"line": lines.astype("int64") if lines is not None else -1,
+            ids = q["impression_id"] if name == "impressions" else q["event_id"] if name == "events" else None
+            extra = pd.DataFrame({"line": ids.astype("int64") if ids is not None else -1,
                                   "raw_line": q.drop(columns=["quarantine_reason"]).astype(str).agg(",".join, axis=1),
                                   "reason": f"{name}: " + q["quarantine_reason"]})
             quarantine = pd.concat([quarantine, extra], ignore_index=True)
@@ -240,9 +241,8 @@ def adapt_taobao(source: str | os.PathLike[str], out_dir: str | os.PathLike[str]
     quarantine = quarantine.sort_values("line", kind="stable").reset_index(drop=True)
     pq.write_table(pa.Table.from_pandas(quarantine, preserve_index=False), tmp / "_quarantine" / "taobao.parquet")
     reasons = Counter(quarantine["reason"])
-    report = TaobaoReport(source=str(path), out_dir=str(out), lines=len(rows) + len(quarantine) - sum(
-        len(r.quarantined) for r in results.values()), behaviours=dict(Counter(rows["behavior"])),
-        quarantined=len(quarantine), reasons=dict(reasons.most_common()), tables=counts)
+    report = TaobaoReport(source=str(path), out_dir=str(out), lines=lines, behaviours=dict(Counter(rows["behavior"])),
+                          quarantined=len(quarantine), reasons=dict(reasons.most_common()), tables=counts)
     meta = {"source": "taobao", "report": asdict(report), "config": asdict(config),
             "unlogged_columns": list(UNLOGGED_COLUMNS)}
     (tmp / "_source.json").write_text(json.dumps(meta, indent=2, sort_keys=True))

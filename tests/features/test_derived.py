@@ -6,7 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.derived import DAY_US, DERIVED_FEATURES, HOUR_US, OTHER_DEVICE, derived_features, user_inputs
+from features.derived import (
+    DAY_US,
+    DERIVED_FEATURES,
+    HOUR_US,
+    OTHER_DEVICE,
+    derived_features,
+    user_inputs,
+)
 
 # 2026-01-07 (a Wednesday) 10:30 UTC
 TS = int(pd.Timestamp("2026-01-07 10:30", tz="UTC").value // 1000)
