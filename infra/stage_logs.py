@@ -119,6 +119,9 @@ def _read_folder(path: Path, columns: tuple[str, ...], name: str, start: datetim
         logger.info("%s log folder %s does not exist yet: no rows", name, path)
         return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
     dataset = ds.dataset(path, format="parquet")
+    if not dataset.files:  # a server created the folder but has not completed a file yet
+        logger.info("%s log folder %s has no complete file yet: no rows", name, path)
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
     missing = [c for c in columns if c not in dataset.schema.names]
     if missing:
         raise StageLogsError(f"{name} log at {path} must have columns {list(columns)}, missing {missing}")
@@ -135,7 +138,8 @@ def read_stage_logs(*, impressions_dir: str | os.PathLike[str], events_dir: str 
     """Read the rows of ``[start, end)`` from the three Parquet folders (filters pushed down).
 
     Only feed-attributed clicks and purchases are read from the events. A folder that does not
-    exist yet gives an empty table (the evaluation then holds for lack of data).
+    exist yet, or holds no complete file yet, gives an empty table (the evaluation then holds
+    for lack of data).
 
     Raises
     ------

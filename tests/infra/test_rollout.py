@@ -219,6 +219,12 @@ def test_insufficient_data_holds_without_spending_a_look(registry: FeedRegistry,
     clock.sleep(3600)
     result = ctl.step()  # nothing logged yet: the log folders do not even exist
     assert result.evaluation.decision == "hold" and "insufficient data" in result.evaluation.reason
+    for folder in (CONFIG.impressions_dir, CONFIG.events_dir, CONFIG.requests_dir):
+        # the servers started (folders created) and are still writing their first files
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        (tmp_path / "data" / folder / ".part-0.parquet.tmp").write_bytes(b"PAR1")
+    result = ctl.step()
+    assert result.evaluation.decision == "hold" and "insufficient data" in result.evaluation.reason
     small = synthetic_logs(start=clock.now - timedelta(minutes=50), share=0.05, salt=state.salt, seed=1,
                            n_users=600)
     result = ctl.step(small)
