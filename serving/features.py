@@ -127,8 +127,9 @@ class FeatureAssembler:
         frame = self.item_frame
         user_set = set(self.user_columns) | set(REALTIME_INPUTS)
         numeric = {c for c in frame.columns if pd.api.types.is_numeric_dtype(frame[c].dtype)}
-        # derived-feature inputs the item rows supply, kept in their own dtype (ids stay ints)
-        self._item_inputs = {c: _column(frame[c]) for c in ITEM_INPUTS if c in frame.columns}
+        # derived-feature inputs the item rows supply
+        self._item_inputs = {c: frame[c].to_numpy(dtype=np.float64, na_value=np.nan)
+                             for c in ITEM_INPUTS if c in frame.columns}
         # which source each model feature is read from (derived > user/real-time row > item snapshot)
         derived_pos, user_pos, item_pos, missing = [], [], [], []
         item_cols: list[str] = []
@@ -161,12 +162,14 @@ class FeatureAssembler:
         n = len(rows)
         values = {c: _value(user_row, c) for c in self._user_inputs}
         values.update({c: _value(realtime_row, c) for c in self._rt_inputs})
-        # the inputs of derived_features: one float block of the per-request constants, then the items' columns
+        # the inputs of derived_features as one float block (per-request constants, then the
+        # items' columns; ids and microsecond times are exact in float64), then time and device
         names = list(values)
-        frame = pd.DataFrame(np.broadcast_to(np.array([values[c] for c in names], dtype=np.float64), (n, len(names))),
-                             columns=names, copy=True)
-        for col, arr in self._item_inputs.items():
-            frame[col] = arr[rows]
+        block = np.empty((n, len(names) + len(self._item_inputs)), dtype=np.float64)
+        block[:, :len(names)] = [values[c] for c in names]
+        for j, arr in enumerate(self._item_inputs.values()):
+            block[:, len(names) + j] = arr[rows]
+        frame = pd.DataFrame(block, columns=names + list(self._item_inputs), copy=False)
         frame["ts_us"] = np.full(n, ts_us, dtype=np.int64)
         frame["device"] = pd.Series([device] * n, dtype=object)
         derived = derived_features(frame).to_numpy(dtype=np.float64)
@@ -182,10 +185,3 @@ class FeatureAssembler:
 def _value(row: dict[str, Any] | None, name: str) -> float:
     value = None if row is None else row.get(name)
     return np.nan if value is None else float(value)
-
-
-def _column(series: pd.Series) -> np.ndarray:
-    """A column as a numpy array: ints without nulls stay int64, anything else becomes float64 with NaN."""
-    if pd.api.types.is_integer_dtype(series.dtype) and not series.isna().any():
-        return series.to_numpy(dtype=np.int64)
-    return series.to_numpy(dtype=np.float64, na_value=np.nan)
