@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -140,8 +141,13 @@ class _RecordingHistogram:
         return {s: np.asarray(v) for s, v in out.items()}
 
 
-def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool, max_workers: int):
-    """The server as ``feedrank serve`` builds it, over one bundle; returns (server, port, recorder, closers)."""
+def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool, max_workers: int,
+                 address: str = "127.0.0.1:0"):
+    """The server as ``feedrank serve`` builds it, over one bundle.
+
+    Returns a namespace: ``server``, ``port``, ``recorder``, ``closers``, ``known`` (user ids of
+    the bundle), ``feast`` (user rows read online), ``items``, ``pipeline``, ``limits``.
+    """
     from infra.config import load_config
     from infra.serve import feast_user_source
     from serving.config import ServingConfig
@@ -167,7 +173,7 @@ def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool
     metrics = ServingMetrics()
     recorder = _RecordingHistogram(metrics.stage_latency)
     metrics.stage_latency = recorder  # type: ignore[assignment]
-    server, port = create_server(cfg, router, address="127.0.0.1:0", metrics=metrics, request_log=requests)
+    server, port = create_server(cfg, router, address=address, metrics=metrics, request_log=requests)
     import pandas as pd
 
     from serving.bundle import read_bundle_manifest
@@ -175,7 +181,57 @@ def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool
 
     users = read_bundle_manifest(bundle).components.get("user_snapshot", USER_SNAPSHOT)
     known = np.sort(pd.read_parquet(bundle / users, columns=["user_id"])["user_id"].to_numpy(np.int64))
-    return server, port, recorder, (impressions, requests), known, user_source is not None, len(pipeline.snapshot)
+    return SimpleNamespace(server=server, port=port, recorder=recorder, closers=(impressions, requests),
+                           known=known, feast=user_source is not None, items=len(pipeline.snapshot),
+                           pipeline=pipeline, limits=cfg.limits)
+
+
+def _server_process(bundle: str, features_dir: str, log_dir: str, feast: bool, max_workers: int, address: str,
+                    candidates: int, k: int, commands: Any, replies: Any) -> None:
+    """One serving process: load, warm up, freeze the heap, then answer ``take``/``stop`` commands."""
+    import gc
+
+    logging.basicConfig(level=logging.WARNING)
+    srv = start_server(Path(bundle), Path(features_dir), log_dir=Path(log_dir), feast=feast,
+                       max_workers=max_workers, address=address)
+    try:
+        _warm(srv, candidates, k)
+        gc.collect()
+        gc.freeze()  # as feedrank serve does after loading
+        replies.put(("ready", srv.port, srv.known, srv.feast, srv.items))
+        while True:
+            command = commands.get()
+            if command[0] != "take":
+                break
+            replies.put(("stages", srv.recorder.take(command[1], command[2])))
+    finally:
+        from serving.server import stop_gracefully
+
+        stop_gracefully(srv.server, 1.0)
+        for closer in srv.closers:
+            closer.close()
+
+
+def _warm(srv: SimpleNamespace, candidates: int, k: int, calls: int = 50) -> None:
+    """Requests straight through the pipeline (the port may be shared), so code paths and caches are warm."""
+    from serving.metrics import StageTimer
+    from serving.proto_gen import feedrank_pb2 as pb
+    from serving.requests import parse_request
+
+    for i in range(calls):
+        user = int(srv.known[i % len(srv.known)]) if i % 10 else 10**9 + i
+        request = parse_request(pb.RankFeedRequest(request_id=f"warm-{i}", user_id=str(user), k=k,
+                                                   candidate_count=candidates,
+                                                   context=pb.Context(device="mobile", hour=i % 24)), srv.limits)
+        srv.pipeline.rank(request, arm="champion", timer=StageTimer(), deadline=None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- the clients
@@ -190,15 +246,19 @@ def _client_process(address: str, threads: int, seed: int, user_ids: list[int], 
     from serving.proto_gen import feedrank_pb2 as pb
     from serving.proto_gen import feedrank_pb2_grpc as pb_grpc
 
-    channel = grpc.insecure_channel(address)
-    stub = pb_grpc.FeedRankerStub(channel)
-    grpc.channel_ready_future(channel).result(timeout=30)
+    # one connection per thread (a local subchannel pool), so that several server processes
+    # sharing the port through SO_REUSEPORT each get a share of the connections
+    channels = [grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(threads)]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=30)
     lat: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
     devices = ("mobile", "desktop", "tablet")
 
     def loop(tid: int) -> None:
+        stub = pb_grpc.FeedRankerStub(channels[tid])
         rng = np.random.default_rng([seed, tid])
         mine, bad = [], []
         i = 0
@@ -233,12 +293,13 @@ def _client_process(address: str, threads: int, seed: int, user_ids: list[int], 
         w.start()
     for w in workers:
         w.join()
-    channel.close()
+    for channel in channels:
+        channel.close()
     out.put((lat, errors))
 
 
 def run_level(address: str, concurrency: int, *, procs: int, user_ids: np.ndarray, candidates: int, k: int,
-              warmup: float, duration: float, recorder: _RecordingHistogram) -> dict[str, Any]:
+              warmup: float, duration: float, servers: list[tuple[Any, Any]]) -> dict[str, Any]:
     """One closed-loop run at ``concurrency`` calls in flight; latencies and throughput of its window."""
     ctx = mp.get_context("spawn")  # fork after grpc started is unsafe; the clients import only grpc and stubs
     queue = ctx.Queue()
@@ -259,9 +320,14 @@ def run_level(address: str, concurrency: int, *, procs: int, user_ids: np.ndarra
         c.join(timeout=30)
     lat = np.concatenate([np.asarray(r[0], dtype=np.float64) for r in results])
     errors = [e for r in results for e in r[1]]
-    stages = recorder.take(t0, t1)
+    parts = []
+    for commands, replies in servers:
+        commands.put(("take", t0, t1))
+        parts.append(replies.get(timeout=60)[1])
+    stages = {s: np.concatenate([p[s] for p in parts]) for s in STAGES}
     out: dict[str, Any] = {
-        "concurrency": concurrency, "client_processes": procs, "duration_s": duration,
+        "concurrency": concurrency, "client_processes": procs, "server_processes": len(servers),
+        "duration_s": duration,
         "requests": int(len(lat)), "errors": len(errors), "error_codes": sorted(set(errors)),
         "throughput_rps": round(len(lat) / duration, 1),
         "end_to_end_ms": _pcts(lat),
@@ -319,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per level")
     parser.add_argument("--client-procs", type=int, default=2, help="client processes (at most the concurrency)")
     parser.add_argument("--max-workers", type=int, default=8, help="server threads (serving.max_workers)")
+    parser.add_argument("--server-procs", type=int, default=1,
+                        help="serving processes sharing the port (SO_REUSEPORT); 1 is what feedrank serve runs")
     parser.add_argument("--no-feast", action="store_true", help="user rows from the bundle snapshot, not Feast")
     parser.add_argument("--work", default="build/bench/serving_work", help="cache of trained bundles")
     parser.add_argument("--quick", action="store_true",
@@ -337,40 +405,44 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle, features_dir, info = build_bundle(Path(args.work), items=args.items, users=args.users, days=args.days,
                                               seed=args.seed)
+    ctx = mp.get_context("spawn")
+    address = f"127.0.0.1:{_free_port()}"  # a fixed port: server processes share it through SO_REUSEPORT
     with tempfile.TemporaryDirectory(prefix="bench-serving-logs-") as log_dir:
-        server, port, recorder, closers, known, feast_on, n_items = start_server(
-            bundle, features_dir, log_dir=Path(log_dir), feast=not args.no_feast, max_workers=args.max_workers)
-        # a tenth of the calls are for users the bundle has never seen (the cold-start path)
-        unknown = np.arange(10**9, 10**9 + max(1, len(known) // 9), dtype=np.int64)
-        user_ids = np.concatenate([known, unknown])
-        address = f"127.0.0.1:{port}"
+        servers, procs = [], []
+        for i in range(args.server_procs):
+            commands, replies = ctx.Queue(), ctx.Queue()
+            proc = ctx.Process(target=_server_process, args=(
+                str(bundle), str(features_dir), str(Path(log_dir) / f"server{i}"), not args.no_feast,
+                args.max_workers, address, args.candidates, args.k, commands, replies))
+            proc.start()
+            servers.append((commands, replies))
+            procs.append(proc)
         try:
-            import gc
-
-            _warm(address, user_ids, args.candidates, args.k)
-            recorder.take(0, 0)
-            gc.collect()
-            gc.freeze()  # as feedrank serve does after loading
+            ready = [replies.get(timeout=600) for _, replies in servers]
+            _, _, known, feast_on, n_items = ready[0]
+            # a tenth of the calls are for users the bundle has never seen (the cold-start path)
+            unknown = np.arange(10**9, 10**9 + max(1, len(known) // 9), dtype=np.int64)
+            user_ids = np.concatenate([known, unknown])
             levels = []
             for c in levels_c:
                 logger.info("concurrency %d: %.0f s warm-up, %.0f s measured", c, args.warmup, args.duration)
                 levels.append(run_level(address, c, procs=args.client_procs, user_ids=user_ids,
                                         candidates=args.candidates, k=args.k, warmup=args.warmup,
-                                        duration=args.duration, recorder=recorder))
+                                        duration=args.duration, servers=servers))
         finally:
-            from serving.server import stop_gracefully
-
-            stop_gracefully(server, 1.0)
-            for closer in closers:
-                closer.close()
+            for commands, _ in servers:
+                commands.put(("stop",))
+            for proc in procs:
+                proc.join(timeout=30)
     result = {
         "benchmark": "serving", "catalog_items": n_items, "candidate_count": args.candidates, "k": args.k,
-        "feast_online_users": feast_on, "server_threads": args.max_workers,
+        "feast_online_users": feast_on, "server_processes": args.server_procs, "server_threads": args.max_workers,
         "bundle": info | _model_sizes(bundle),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "levels": levels, "targets": _verdict(levels),
     }
-    print(f"FeedRanker over gRPC on 127.0.0.1: {n_items} items, candidate_count {args.candidates}, k {args.k}, "
+    print(f"FeedRanker over gRPC on 127.0.0.1 ({args.server_procs} server process(es), {args.max_workers} threads "
+          f"each): {n_items} items, candidate_count {args.candidates}, k {args.k}, "
           f"user rows from {'Feast (SQLite online store)' if feast_on else 'the bundle snapshot'}")
     print(_table(levels))
     for lv in levels:
@@ -381,21 +453,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0
-
-
-def _warm(address: str, user_ids: np.ndarray, candidates: int, k: int, calls: int = 50) -> None:
-    """A few calls from this process so code paths, caches and the Feast connection are warm."""
-    import grpc
-
-    from serving.proto_gen import feedrank_pb2 as pb
-    from serving.proto_gen import feedrank_pb2_grpc as pb_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.FeedRankerStub(channel)
-        for i in range(calls):
-            stub.RankFeed(pb.RankFeedRequest(request_id=f"warm-{i}", user_id=str(int(user_ids[i % len(user_ids)])),
-                                             k=k, candidate_count=candidates,
-                                             context=pb.Context(device="mobile", hour=12)), timeout=30)
 
 
 if __name__ == "__main__":
