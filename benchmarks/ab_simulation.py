@@ -1,11 +1,20 @@
 """Closing figures of a fixed-seed simulated A/B: true lift, estimated lift with its interval, CUPED.
 
-Popularity (the incumbent's score, without noise) against the history-affinity policy learnt
-from the pre-period's logs, on the simulated buyers. Prints the figures and writes them as JSON.
-``--replications N`` also runs N independent replications (new seeds: new worlds, outcomes
-and truths) and reports how often each 95 % interval covers its own truth.
+Popularity (the incumbent's score, without noise) against the full system on the simulated
+buyers: after the pre-period, ``feedrank train``'s batch job (Spark ETL, Feast, two-tower +
+FAISS, LightGBM + calibration, snapshots, evaluation gate) is run on the contract logs written
+before the experiment starts, and the resulting feed bundle serves the treatment arm through
+the serving request path (``experiments.policies.PipelinePolicy`` over
+``serving.model_pipeline.ModelPipeline``). ``--treatment history-affinity`` runs the cheap
+stand-in (a category-affinity policy learnt from the same history) instead. Prints the figures
+and writes them as JSON. ``--replications N`` also runs N independent replications (new seeds:
+new worlds, outcomes and truths; with the full system, a new bundle each) and reports how often
+each 95 % interval covers its own truth.
 
     python benchmarks/ab_simulation.py --out build/bench/ab_simulation.json
+
+The evaluation gate of the batch job may reject a bundle trained on a short pre-period; the
+simulated A/B is then still run with it (it is the better judge) and the JSON says so.
 """
 
 from __future__ import annotations
@@ -28,8 +37,14 @@ from experiments.ab import EffectEstimate  # noqa: E402
 from experiments.ab_readout import ABReadout, analyze_experiment, load_experiment  # noqa: E402
 from experiments.ab_simulation import ABSimulationConfig, ABSimulationResult, run_ab_simulation  # noqa: E402
 from experiments.config import SimulatorConfig  # noqa: E402
-from experiments.policies import HistoryAffinityPolicy, LogHistory, PopularityPolicy  # noqa: E402
-from experiments.simulator import MarketplaceSimulator  # noqa: E402
+from experiments.policies import (  # noqa: E402
+    HistoryAffinityPolicy,
+    LogHistory,
+    PipelinePolicy,
+    PopularityPolicy,
+    RankingPolicy,
+)
+from experiments.simulator import MarketplaceSimulator, Requests  # noqa: E402
 
 Run = tuple[ABSimulationResult, ABReadout]
 
@@ -64,34 +79,124 @@ def _coverage(runs: list[Run]) -> dict:
             "z": v["z"]} for k, v in by.items()}}
 
 
+class _Timed:
+    """A policy that keeps the wall time of its ``serve`` calls (seconds, requests)."""
+
+    def __init__(self, policy: RankingPolicy) -> None:
+        self.policy = policy
+        self.seconds = 0.0
+        self.requests = 0
+
+    @property
+    def name(self) -> str:
+        return self.policy.name
+
+    def serve(self, requests: Requests, available, rng):
+        started = time.perf_counter()
+        out = self.policy.serve(requests, available, rng)
+        self.seconds += time.perf_counter() - started
+        self.requests += len(requests)
+        return out
+
+
+def train_config(work: Path, *, trees: int, epochs: int):
+    """The batch job's configuration for a small simulated marketplace (local Spark, 2 cores)."""
+    from infra.config import load_config
+
+    return load_config(env={}, overrides={
+        "features": {"spark": {"master": "local[2]", "shuffle_partitions": 2, "progress_seconds": 0}},
+        "retrieval": {"training": {"max_epochs": epochs, "batch_size": 512}},
+        "ranking": {"ranker": {"num_boost_round": trees, "min_data_in_leaf": 20},
+                    "purchase": {"num_boost_round": trees, "min_data_in_leaf": 20},
+                    "propensity": {"min_impressions": 50}, "purchase_label": "purchased_24h"},
+        "infra": {"data_dir": str(work / "data")},
+    })
+
+
+def full_system_factory(work: Path, *, feed_length: int, candidates: int, trees: int, epochs: int,
+                        info: dict):
+    """A treatment factory: train a bundle on the pre-period's contract logs, serve it through the pipeline."""
+    from infra.train import EvaluationGateError, run_training
+
+    def factory(history: LogHistory) -> _Timed:
+        started = time.perf_counter()
+        shutil.rmtree(work, ignore_errors=True)
+        logs = history.export_logs(work / "pre-period-logs")
+        run_dir = work / "train"
+        try:
+            report = run_training(train_config(work, trees=trees, epochs=epochs), logs_dir=logs, run_dir=run_dir,
+                                  register=False)
+            info["gate_passed"] = True
+            steps = report.steps
+        except EvaluationGateError as err:
+            logging.warning("the bundle failed the batch job's evaluation gate; the A/B runs it anyway: %s", err)
+            info["gate_passed"] = False
+            steps = json.loads((run_dir / "train_state.json").read_text())["completed"]
+        gate = run_dir / "evaluation" / "gate.json"
+        info["gate"] = json.loads(gate.read_text()) if gate.exists() else None
+        info["step_seconds"] = {k: v.get("seconds") for k, v in steps.items()}
+        info["training_seconds"] = round(time.perf_counter() - started, 2)
+        info["history_cut"] = history.before.isoformat()
+        policy = PipelinePolicy.from_bundle(run_dir / "bundle", version="full-system-v1", feed_length=feed_length,
+                                            candidate_count=candidates)
+        timed = _Timed(policy)
+        info["policy"] = timed
+        return timed
+
+    return factory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=20_000)
-    parser.add_argument("--items", type=int, default=5_000)
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--items", type=int, default=1_000)
     parser.add_argument("--pre-days", type=int, default=3)
-    parser.add_argument("--days", type=int, default=7, help="experiment days")
+    parser.add_argument("--days", type=int, default=4, help="experiment days")
+    parser.add_argument("--categories", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--salt", default="bench-ab-1")
+    parser.add_argument("--treatment", choices=("full-system", "history-affinity"), default="full-system")
+    parser.add_argument("--pre-randomized-share", type=float, default=None,
+                        help="share of pre-period feeds with a randomized top (default 0.25 with the full system, "
+                             "whose training estimates position bias from it; 0 otherwise)")
+    parser.add_argument("--candidates", type=int, default=200, help="full system: candidates retrieved per request")
+    parser.add_argument("--trees", type=int, default=60, help="full system: boosting rounds of ranker and purchase model")
+    parser.add_argument("--epochs", type=int, default=3, help="full system: two-tower epochs")
     parser.add_argument("--replications", type=int, default=0, metavar="N",
                         help="also run N independent replications (seeds seed+1 .. seed+N: new worlds, outcomes "
                              "and truths) and report how often each interval covers its truth")
     parser.add_argument("--out", default="build/bench/ab_simulation.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    design = ABSimulationConfig(pre_days=args.pre_days, experiment_days=args.days, salt=args.salt)
+    full = args.treatment == "full-system"
+    share = (0.25 if full else 0.0) if args.pre_randomized_share is None else args.pre_randomized_share
+    design = ABSimulationConfig(pre_days=args.pre_days, experiment_days=args.days, salt=args.salt,
+                                pre_period_randomized_share=share)
 
     def config(seed: int) -> SimulatorConfig:
         return SimulatorConfig(users=args.users, items=args.items, sellers=max(args.items // 20, 1),
-                               days=args.pre_days + args.days, seed=seed)
+                               categories=args.categories, days=args.pre_days + args.days, seed=seed)
+
+    training: list[dict] = []
 
     def run(seed: int, out: Path, progress: bool) -> Run:
         sim = MarketplaceSimulator(config(seed))
-
-        def treatment(history: LogHistory) -> HistoryAffinityPolicy:
-            return HistoryAffinityPolicy.from_history(history, feed_length=sim.config.feed_length)
+        if full:
+            info: dict = {"seed": seed}
+            training.append(info)
+            treatment = full_system_factory(out.parent / "full-system", feed_length=sim.config.feed_length,
+                                            candidates=args.candidates, trees=args.trees, epochs=args.epochs,
+                                            info=info)
+        else:
+            def treatment(history: LogHistory) -> HistoryAffinityPolicy:
+                return HistoryAffinityPolicy.from_history(history, feed_length=sim.config.feed_length)
 
         result = run_ab_simulation(sim, PopularityPolicy.from_simulator(sim), treatment, out, config=design,
                                    progress=progress)
+        if full:
+            timed = info.pop("policy")
+            info["serving_ms_per_request"] = round(1000 * timed.seconds / max(timed.requests, 1), 3)
+            info["served_requests"] = timed.requests
         return result, analyze_experiment(load_experiment(result.log_dir))
 
     tmp = Path(tempfile.mkdtemp(prefix="feedrank-ab-"))
@@ -127,6 +232,8 @@ def main() -> None:
                             "naive_ols": _effect(readout.gmv_per_request_naive)},
         "covered": {name: e.ci_low < target < e.ci_high for name, (e, target) in _targets(main_run).items()},
         "replications": coverage,
+        "full_system": {"candidates": args.candidates, "trees": args.trees, "epochs": args.epochs,
+                        "training": training} if full else None,
         "seconds": round(seconds, 2),
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
     }
@@ -153,6 +260,11 @@ def main() -> None:
         print(f"{cov['n']} independent replications: 95 % intervals cover their truth "
               + ", ".join(f"{labels[k]} {v['covered']}/{cov['n']} (z mean {v['mean_z']:+.2f}, sd {v['sd_z']:.2f})"
                           for k, v in cov["by_estimator"].items()))
+    if full:
+        t = training[0]
+        print(f"full system: bundle trained on the logs before {t['history_cut']} in {t['training_seconds']:.0f} s "
+              f"(evaluation gate {'passed' if t['gate_passed'] else 'FAILED'}); served "
+              f"{t['served_requests']:,} requests at {t['serving_ms_per_request']:.1f} ms each")
     print(f"wrote {out} ({seconds:.1f} s for the fixed-seed run)")
 
 
