@@ -213,14 +213,19 @@ class Reranker:
                                     last_cat, run, cat_cap, max_run, penalty, relax_category=True)
             assert chosen is not None  # remaining is non-empty while j < k
             pos = remaining.index(chosen)
-            # everything ranked above the chosen item was moved down by some rule
-            for skipped in remaining[:pos]:
-                if need_protected and not protected[skipped]:
+            # everything ranked above the chosen item was moved down by some rule: items of other
+            # sellers passed over for the new-seller minimum credit the chosen item (once); the
+            # rest lost to the category limits or to the seller penalty
+            skipped = remaining[:pos]
+            if need_protected and skipped:
+                if not all(protected[s] for s in skipped):
                     note(chosen, NEW_SELLER)
-                elif not relaxed and not self._category_ok(cats[skipped], cat_count, last_cat, run, cat_cap, max_run):
-                    note(skipped, CATEGORY)
+                skipped = [s for s in skipped if protected[s]]
+            for s in skipped:
+                if not relaxed and not self._category_ok(cats[s], cat_count, last_cat, run, cat_cap, max_run):
+                    note(s, CATEGORY)
                 else:
-                    note(skipped, SELLER)
+                    note(s, SELLER)
             remaining.pop(pos)
             order.append(chosen)
             cat = cats[chosen]
