@@ -12,13 +12,12 @@ is 1 by normalisation: ``P(purchase | examined)``, comparable across candidates.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ranking._booster import FittedBooster
 from ranking._checks import EarlyStoppingOnMetric, as_feature_matrix, binary_labels, row_weights
 from ranking.config import DEFAULT_PARAMS, GBDTParams
 
@@ -27,7 +26,7 @@ __all__ = ["PurchaseModel"]
 logger = logging.getLogger(__name__)
 
 
-class PurchaseModel:
+class PurchaseModel(FittedBooster):
     """LightGBM binary classifier of purchase, early-stopped on validation log loss.
 
     Parameters
@@ -115,37 +114,6 @@ class PurchaseModel:
         logger.info("purchase model: %d trees, validation %s", self.best_iteration_, self.valid_scores_)
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "booster_"):
-            raise RuntimeError("PurchaseModel is not fitted: call fit() or load() first")
-
     def predict_proba(self, X: Any) -> np.ndarray:
         """Uncalibrated P(purchase) for each row, shape (n,)."""
-        self._check_fitted()
-        matrix, names = as_feature_matrix(X, None)
-        if hasattr(X, "columns") and names != self.feature_names_:
-            raise ValueError("X must have the training features in the training order")
-        if matrix.shape[1] != len(self.feature_names_):
-            raise ValueError(f"X must have {len(self.feature_names_)} features, got {matrix.shape[1]}")
-        return np.asarray(self.booster_.predict(matrix, num_iteration=self.best_iteration_,
-                                                num_threads=self.num_threads), dtype=np.float64)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model as LightGBM text, trimmed to ``best_iteration_`` trees."""
-        self._check_fitted()
-        path = Path(path)
-        self.booster_.save_model(str(path), num_iteration=self.best_iteration_)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], *, num_threads: int = 1) -> PurchaseModel:
-        """Load a model saved by :meth:`save`."""
-        import lightgbm as lgb
-
-        booster = lgb.Booster(model_file=str(path))
-        model = cls(num_threads=num_threads)
-        model.booster_ = booster
-        model.feature_names_ = booster.feature_name()
-        model.best_iteration_ = booster.current_iteration()
-        model.valid_scores_ = {}
-        return model
+        return self._predict_raw(X)

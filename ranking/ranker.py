@@ -32,12 +32,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
+from ranking._booster import FittedBooster
 from ranking._checks import (
     EarlyStoppingOnMetric,
     as_feature_matrix,
@@ -196,7 +195,7 @@ class IPSWeightedNDCG:
                 for k in self.eval_at]
 
 
-class LambdaMARTRanker:
+class LambdaMARTRanker(FittedBooster):
     """LightGBM LambdaMART on graded labels, optionally with IPS pair weights.
 
     Parameters
@@ -330,39 +329,14 @@ class LambdaMARTRanker:
         logger.info("ranker: %d trees (best iteration), validation %s", self.best_iteration_, self.valid_scores_)
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "booster_"):
-            raise RuntimeError("LambdaMARTRanker is not fitted: call fit() or load() first")
-
     def predict(self, X: Any) -> np.ndarray:
         """Ranking scores (higher = better; comparable within a query only), shape (n,)."""
-        self._check_fitted()
-        matrix, names = as_feature_matrix(X, None)
-        if isinstance(X, pd.DataFrame) and names != self.feature_names_:
-            raise ValueError("X must have the training features in the training order")
-        if matrix.shape[1] != len(self.feature_names_):
-            raise ValueError(f"X must have {len(self.feature_names_)} features, got {matrix.shape[1]}")
-        return np.asarray(self.booster_.predict(matrix, num_iteration=self.best_iteration_,
-                                                num_threads=self.num_threads), dtype=np.float64)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the model as LightGBM text, trimmed to ``best_iteration_`` trees."""
-        self._check_fitted()
-        path = Path(path)
-        self.booster_.save_model(str(path), num_iteration=self.best_iteration_)
-        return path
+        return self._predict_raw(X)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, num_threads: int = 1) -> LambdaMARTRanker:
         """Load a ranker saved by :meth:`save` (LightGBM text)."""
-        import lightgbm as lgb
-
-        booster = lgb.Booster(model_file=str(path))
-        ranker = cls(num_threads=num_threads)
-        ranker.booster_ = booster
-        ranker.feature_names_ = booster.feature_name()
-        ranker.best_iteration_ = booster.current_iteration()
-        ranker.valid_scores_ = {}
+        ranker = super().load(path, num_threads=num_threads)
         ranker.evals_result_ = {}
         return ranker
 
