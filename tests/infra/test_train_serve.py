@@ -1,7 +1,8 @@
 """End to end on a small simulated marketplace: train -> register -> serve over gRPC, with fallbacks.
 
 One training run (real Spark ETL, Feast, two-tower + FAISS, LightGBM + Treelite, MLflow) is
-shared by the module; it is kept small so the module stays within a few minutes on 2 cores.
+shared by the session (the ``trained`` fixture of ``conftest.py``; the rollout's end-to-end tests
+use it too); it is kept small so it takes a few minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import grpc
 import numpy as np
 import pytest
 
-from experiments.simulator import MarketplaceSimulator
-from infra.config import load_config
 from infra.registry import FeedRegistry
 from infra.serve import build_router
 from infra.train import STEPS, run_training
@@ -21,25 +20,6 @@ from serving.bundle import read_bundle_manifest
 from serving.client import FeedClient
 from serving.features import FeastUserFeatures
 from serving.server import create_server, stop_gracefully
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    config = load_config(env={}, overrides={
-        "experiments": {"simulator": {"users": 500, "items": 800, "sellers": 40, "categories": 10, "days": 4,
-                                      "randomized_share": 0.25, "seed": 3}},
-        "features": {"spark": {"master": "local[2]", "shuffle_partitions": 2, "progress_seconds": 0}},
-        "retrieval": {"training": {"max_epochs": 2, "batch_size": 512}},
-        "ranking": {"ranker": {"num_boost_round": 40, "min_data_in_leaf": 20},
-                    "purchase": {"num_boost_round": 40, "min_data_in_leaf": 20},
-                    "propensity": {"min_impressions": 50}, "purchase_label": "purchased_24h"},
-        "infra": {"data_dir": str(root / "data")},
-    })
-    logs = root / "data" / "logs"
-    MarketplaceSimulator(config.experiments.simulator).run(logs, progress=False)
-    report = run_training(config, logs_dir=logs, run_dir=root / "data" / "train")
-    return config, report, root
 
 
 @pytest.fixture()
