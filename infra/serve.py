@@ -12,11 +12,17 @@ and on every admin Reload:
 3. falls back as DESIGN.md defines: a version that fails to load -> the previous champion
    (``previous-champion`` alias); no loadable version at all -> the popularity pipeline over
    the last loaded item snapshot, or :class:`~serving.errors.ModelUnavailable`.
+
+:class:`RolloutWatcher` reloads the router whenever the rollout controller replaces
+``state.json`` (a new stage's share, a rollback, a promotion), so a serving process follows a
+rollout without anyone calling the admin Reload; ``feedrank serve`` runs one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,7 @@ from serving.pipeline import PipelineBase, PopularityPipeline
 from serving.rerank import Reranker
 from serving.router import ModelVersions, Router, RouterState
 
-__all__ = ["build_router", "data_path"]
+__all__ = ["RolloutWatcher", "build_router", "data_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +125,70 @@ def feast_user_source(config: FeedrankConfig, features_dir: str | Path) -> Calla
                                  realtime_refs=[f"user_realtime:{c}" for c in REALTIME_INPUTS], fallback=snapshot)
 
     return wrap
+
+
+class RolloutWatcher:
+    """Reload ``router`` when the rollout state file changes; polls it from a daemon thread.
+
+    The controller replaces ``state.json`` atomically (a rename), so a change of its inode, size
+    or modification time means a new state. A reload that fails keeps the current arms and is
+    retried at the next poll.
+
+    Parameters
+    ----------
+    router : Router
+    state_dir : path
+        ``<infra.data_dir>/<infra.rollout.state_dir>``.
+    interval_seconds : float, default 5.0
+        Poll interval; keep it well below ``infra.rollout.warmup_seconds`` (default 60), the
+        part of each stage left out of its evaluation while servers pick up the new share.
+    """
+
+    def __init__(self, router: Router, state_dir: str | os.PathLike[str], *, interval_seconds: float = 5.0) -> None:
+        if not interval_seconds > 0:
+            raise ValueError(f"interval_seconds must be > 0, got {interval_seconds!r}")
+        from infra.rollout_state import STATE_FILE
+
+        self.router = router
+        self.state_file = Path(state_dir) / STATE_FILE
+        self.interval_seconds = float(interval_seconds)
+        self.reloads = 0
+        self._seen: tuple[int, int, int] | None = None  # an existing state file: one reload at the first poll
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.state_file.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def check(self) -> bool:
+        """Reload now if the state file changed since the last successful reload; True if reloaded."""
+        current = self._signature()
+        if current == self._seen:
+            return False
+        try:
+            self.router.reload()
+        except Exception:  # noqa: BLE001 - keep serving the current arms; retry at the next poll
+            logger.exception("reload after a rollout state change failed; retrying in %.1f s", self.interval_seconds)
+            return False
+        self._seen = current
+        self.reloads += 1
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            self.check()
+
+    def start(self) -> RolloutWatcher:
+        self._thread = threading.Thread(target=self._run, name="rollout-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_seconds + 5.0)
+            self._thread = None

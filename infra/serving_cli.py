@@ -46,7 +46,7 @@ def _cmd_train(args: argparse.Namespace, config: FeedrankConfig) -> int:
 def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     import dataclasses
 
-    from infra.serve import build_router, data_path, feast_user_source
+    from infra.serve import RolloutWatcher, build_router, data_path, feast_user_source
     from serving.impression_log import ImpressionLog, RequestLog
     from serving.server import serve
 
@@ -66,6 +66,7 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     features_dir = Path(args.features or Path(config.infra.data_dir) / "train" / "features")
     user_source = feast_user_source(config, features_dir) if (features_dir / "_feast").is_dir() else None
     router = build_router(config, impression_log=impressions, user_source=user_source)
+    watcher = RolloutWatcher(router, data_path(config, config.infra.rollout.state_dir)).start()
     import gc
 
     gc.collect()
@@ -75,6 +76,7 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     try:
         serve(serving_cfg, router, request_log=requests)
     finally:
+        watcher.close()
         impressions.close()
         requests.close()
         if publisher is not None:
