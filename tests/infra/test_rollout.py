@@ -280,6 +280,78 @@ def test_a_killed_controller_resumes_at_the_recorded_stage(registry: FeedRegistr
     assert fresh_registry.aliases() == {"champion": v2, "previous-champion": v1}
 
 
+def _cli_config(registry: FeedRegistry, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A feedrank YAML for the rollout commands: ``(config file, data dir, served logs root)``."""
+    import yaml
+
+    data, logs_root = tmp_path / "data", tmp_path / "served"
+    cfg = {"infra": {"data_dir": str(data), "registry": {"tracking_uri": registry.tracking_uri,
+                                                        "model_name": registry.model_name},
+                     "rollout": {"looks_per_stage": 1, "min_users_per_arm": 100, "min_requests_per_arm": 300,
+                                 "warmup_seconds": 0, "gmv_margin": 0.25, "ctr_margin": 0.2,
+                                 "latency_p95_margin": 0.2, "error_rate_margin": 0.01, "n_bootstrap": 200,
+                                 "impressions_dir": str(logs_root / "impressions"),
+                                 "events_dir": str(logs_root / "events"),
+                                 "requests_dir": str(logs_root / "requests")}}}
+    path = tmp_path / "feedrank.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, data, logs_root
+
+
+def _log_stage_traffic(data: Path, logs_root: Path, part: str, seed: int) -> None:
+    """Write traffic of the current stage, from its start until now (events included), as Parquet."""
+    state = StateStore(data / "rollout").load()
+    assert state is not None
+    start = datetime.fromisoformat(state.stage_started_at)
+    span = max((datetime.now(UTC) - start).total_seconds(), 0.01)
+    _write_parquet(synthetic_logs(start=start, share=state.challenger_share, salt=state.salt, seed=seed,
+                                  hours=span / 7200.0, event_delay=timedelta(seconds=span / 8.0)), logs_root, part)
+
+
+def test_a_killed_controller_process_resumes_at_the_recorded_stage(registry: FeedRegistry, versions: tuple[str, str],
+                                                                   tmp_path: Path) -> None:
+    """``feedrank rollout auto`` in its own process, SIGKILLed while it waits for its next look."""
+    import os
+    import signal
+    import time
+
+    from infra.cli import main
+
+    path, data, logs_root = _cli_config(registry, tmp_path)
+    base = ["--config", str(path), "rollout"]
+    assert main([*base, "start", "--skip-offline-gate", "kill test"]) == 0
+    started = StateStore(data / "rollout").load()
+    assert started is not None and started.stage_index == 0
+    _log_stage_traffic(data, logs_root, "stage0", seed=1)
+
+    auto = subprocess.Popen([sys.executable, "-m", "infra.cli", *base, "auto", "--poll-seconds", "3600"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180.0
+        while (state := StateStore(data / "rollout").load()) is not None and state.stage_index < 1:
+            assert auto.poll() is None, f"rollout auto exited with {auto.returncode}"
+            assert time.monotonic() < deadline, "rollout auto did not advance within 180 s"
+            time.sleep(0.2)
+    finally:
+        os.kill(auto.pid, signal.SIGKILL)  # mid-rollout: the process waits an hour for its next look
+        auto.wait(timeout=30)
+    assert auto.returncode == -signal.SIGKILL
+
+    store = StateStore(data / "rollout")
+    killed = store.load()
+    assert killed is not None
+    assert (killed.rollout_id, killed.salt, killed.status, killed.stage_index, killed.challenger_share) == \
+        (started.rollout_id, started.salt, "canary", 1, 0.25)
+    _log_stage_traffic(data, logs_root, "stage1", seed=2)
+    assert main([*base, "advance"]) == 0  # a new controller: the dead one's lock is gone, it goes on from 25 %
+    resumed = store.load()
+    assert resumed is not None and (resumed.rollout_id, resumed.stage_index, resumed.challenger_share) == \
+        (started.rollout_id, 2, 0.5)
+    assert [t.share for t in resumed.history if t.action == "advance"] == [0.05, 0.25, 0.5]
+    assert [r["stage_index"] for r in store.read_audit() if r["event"] == "evaluation"] == [0, 1]
+    assert registry.alias_version("champion") == versions[0]
+
+
 class CrashingRegistry(FeedRegistry):
     """The real registry, whose process is killed the first time it would move the champion alias."""
 
@@ -380,35 +452,16 @@ def _write_parquet(logs: StageLogs, root: Path, part: str) -> None:
 
 def test_cli_start_status_advance_rollback(registry: FeedRegistry, versions: tuple[str, str], tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    import yaml
-
     from infra.cli import main
 
     v1, _ = versions
-    data = tmp_path / "data"
-    logs_root = tmp_path / "served"
-    cfg = {"infra": {"data_dir": str(data), "registry": {"tracking_uri": registry.tracking_uri,
-                                                        "model_name": registry.model_name},
-                     "rollout": {"looks_per_stage": 1, "min_users_per_arm": 100, "min_requests_per_arm": 300,
-                                 "warmup_seconds": 0, "gmv_margin": 0.25, "ctr_margin": 0.2,
-                                 "latency_p95_margin": 0.2, "error_rate_margin": 0.01, "n_bootstrap": 200,
-                                 "impressions_dir": str(logs_root / "impressions"),
-                                 "events_dir": str(logs_root / "events"),
-                                 "requests_dir": str(logs_root / "requests")}}}
-    path = tmp_path / "feedrank.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path, data, logs_root = _cli_config(registry, tmp_path)
     base = ["--config", str(path), "rollout"]
 
     assert main([*base, "start", "--skip-offline-gate", "cli test"]) == 0
     assert "status      canary, stage 1/4, challenger share 5%" in capsys.readouterr().out
-    state = StateStore(data / "rollout").load()
-    assert state is not None
-    start = datetime.fromisoformat(state.stage_started_at)
-    now = datetime.now(UTC)
     # Traffic (and its clicks and purchases) between the stage start and now, in real time.
-    span = max((now - start).total_seconds(), 0.01)
-    _write_parquet(synthetic_logs(start=start, share=0.05, salt=state.salt, seed=3, hours=span / 7200.0,
-                                  event_delay=timedelta(seconds=span / 8.0)), logs_root, "p0")
+    _log_stage_traffic(data, logs_root, "p0", seed=3)
 
     assert main([*base, "advance"]) == 0
     out = capsys.readouterr().out
