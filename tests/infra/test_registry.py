@@ -7,11 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from serving.bundle import (
-    BundleError,
-    DataWindow,
-    read_bundle_manifest,
-)
 from infra.registry import (
     AliasNotFoundError,
     FeedRegistry,
@@ -20,6 +15,11 @@ from infra.registry import (
     embedded_tracking_uri,
 )
 from infra.release_config import RegistryConfig
+from serving.bundle import (
+    BundleError,
+    DataWindow,
+    read_bundle_manifest,
+)
 
 FEATURES = ("user_ctr_7d", "item_price", "seller_rating")
 WINDOW = DataWindow("2026-01-05T00:00:00Z", "2026-01-12T00:00:00Z")
