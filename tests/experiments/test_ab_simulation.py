@@ -170,6 +170,42 @@ def test_treatment_factory_sees_only_history_before_the_experiment(ab_run):
     assert events["impression_id"].isna().any()  # organic events count as history
 
 
+def test_pre_period_exploration_and_the_exported_history(tmp_path):
+    """A factory may export the contract logs before the start (what a trained model learns from)."""
+    small = MarketplaceSimulator(SimulatorConfig(users=300, items=200, sellers=20, categories=8, days=3, seed=4))
+    design = ABSimulationConfig(pre_days=2, experiment_days=1, pre_period_randomized_share=0.3)
+    exported: list[Path] = []
+
+    def factory(history: LogHistory) -> PopularityPolicy:
+        exported.append(history.export_logs(tmp_path / "history"))
+        with pytest.raises(FileExistsError, match="out_dir"):
+            history.export_logs(tmp_path / "history")
+        return PopularityPolicy.from_history(history, feed_length=small.config.feed_length)
+
+    result = run_ab_simulation(small, PopularityPolicy.from_simulator(small), factory, tmp_path / "ab", config=design,
+                               progress=False)
+    start = result.experiment_start
+    tables = {t: ds.dataset(exported[0] / t, format="parquet").to_table() for t in TABLE_ORDER}
+    for name, res in validate_logs(tables).items():
+        assert len(res.quarantined) == 0, (name, res.reason_counts())
+    imp, ev = tables["impressions"].to_pandas(), tables["events"].to_pandas()
+    assert imp["ts"].max() < start and ev["ts"].max() < start and "arm" not in imp.columns
+    logged = _read(Path(result.log_dir), "impressions")
+    pre = logged[logged["ts"] < start]
+    assert len(imp) == len(pre)  # every pre-period impression, nothing after
+    share = pre.groupby("request_id")["randomized"].first().mean()
+    assert 0.2 < share < 0.4 and not logged.loc[logged["ts"] >= start, "randomized"].any()
+    rand = pre[pre["randomized"]]
+    n = min(small.config.shuffle_top_n, small.config.feed_length)
+    assert np.allclose(rand.loc[rand["position"] < n, "propensity"], 1.0 / n)
+    # A randomized feed holds the same items as the control's feed, in another order.
+    feed = PopularityPolicy.from_simulator(small).serve(small.requests_for_day(0).take(slice(0, 1)),
+                                                        small.available_items(0), np.random.default_rng(0))[0]
+    first = rand[rand["ts"] < pd.Timestamp(small.config.start_date, tz="UTC") + pd.Timedelta(days=1)]
+    one = first[first["request_id"] == first["request_id"].iloc[0]].sort_values("position")["item_id"].to_numpy()
+    assert sorted(one) == sorted(feed) and not np.array_equal(one, feed)
+
+
 # ------------------------------------------------------------------ policies
 
 
@@ -222,6 +258,10 @@ def test_history_affinity_follows_each_buyers_history():
     (lambda: PopularityPolicy.from_history("logs"), TypeError, "history"),
     (lambda: ABSimulationConfig(pre_days=0), ValueError, "pre_days"),
     (lambda: ABSimulationConfig(treatment_share=1.0), ValueError, "treatment_share"),
+    (lambda: ABSimulationConfig(pre_period_randomized_share=1.5), ValueError, "pre_period_randomized_share"),
+    (lambda: LogHistory(events=pd.DataFrame({"user_id": [1], "item_id": [0], "type": ["click"]}),
+                        items=pd.DataFrame({"item_id": [0], "category_id": [0]})).export_logs("x"),
+     ValueError, "log_dir"),
 ])
 def test_invalid_arguments_name_the_argument(build, error, match):
     with pytest.raises(error, match=match):
@@ -267,3 +307,41 @@ def test_readout_needs_an_arm_column_and_a_start(tmp_path, small_logs):
         load_experiment(small_logs, experiment_start="2026-01-06")
     with pytest.raises(ValueError, match="policy must hold"):
         load_experiment(small_logs, experiment_start="2026-01-06", arm_column="policy")
+
+
+# ------------------------------------------------------------------ popularity against the full system
+
+
+@pytest.mark.slow
+def test_analysis_recovers_the_true_lift_of_the_full_system(full_system_ab):
+    """Popularity vs a bundle trained on the pre-period and served through the serving pipeline."""
+    result, readout, data = full_system_ab["result"], full_system_ab["readout"], full_system_ab["data"]
+    truth = result.truth["gmv"]
+    assert result.treatment_policy == "full-system-v1" and result.control_policy == "popularity-v1"
+    assert truth.treatment_total != truth.control_total  # the two arms really serve different feeds
+    assert not readout.srm.mismatch and readout.pre_period_aa.p_value > 0.05
+    assert readout.srm.n_control + readout.srm.n_treatment == truth.n_users == len(data.users)
+    for est in (readout.gmv_per_user, readout.gmv_per_user_cuped.effect):
+        assert est.ci_low < truth.per_user_lift < est.ci_high, (est, truth)
+    for est in (readout.gmv_per_request, readout.gmv_per_request_clustered):
+        assert est.ci_low < truth.per_request_lift < est.ci_high, (est, truth)
+        assert est.relative_ci_low < truth.relative_lift < est.relative_ci_high, (est, truth)
+    assert readout.gmv_per_user_cuped.effect.std_error <= readout.gmv_per_user_cuped.unadjusted.std_error
+
+
+@pytest.mark.slow
+def test_the_full_system_is_trained_only_on_logs_before_the_experiment(full_system_ab):
+    result, history = full_system_ab["result"], full_system_ab["history"]
+    start = result.experiment_start
+    assert history.before == start and history.events["ts"].max() < start
+    root = Path(full_system_ab["bundle_dir"]).parent.parent / "pre-period-logs"
+    imp, ev = _read(root, "impressions"), _read(root, "events")
+    assert imp["ts"].max() < start and ev["ts"].max() < start and "arm" not in imp.columns
+    # The pre-period carried the randomized traffic the position-bias estimate needs, in both arms.
+    rand = imp[imp["randomized"]]
+    assert 0.15 < rand["request_id"].nunique() / imp["request_id"].nunique() < 0.35
+    n = min(full_system_ab["sim"].config.shuffle_top_n, full_system_ab["sim"].config.feed_length)
+    assert np.allclose(rand.loc[rand["position"] < n, "propensity"], 1.0 / n)
+    assert rand.loc[rand["position"] >= n, "propensity"].isna().all()
+    assert imp.loc[~imp["randomized"], "propensity"].isna().all()
+    assert set(imp["policy"]) == {"popularity-v1"}

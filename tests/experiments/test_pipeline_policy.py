@@ -102,3 +102,27 @@ def test_serving_is_deterministic_and_explores_by_request():
 def test_invalid_arguments_name_the_argument(build, error, match):
     with pytest.raises(error, match=match):
         build()
+
+
+# ------------------------------------------------------------------ the full system (a trained bundle)
+
+
+@pytest.mark.slow
+def test_a_trained_bundle_serves_valid_deterministic_feeds(full_system_ab):
+    sim, policy = full_system_ab["sim"], full_system_ab["policy"]
+    assert isinstance(policy, RankingPolicy) and policy.name == "full-system-v1"
+    day = sim.config.days - 1
+    reqs = sim.requests_for_day(day).take(slice(0, 40))
+    available = sim.available_items(day)
+    feeds = policy.serve(reqs, available, np.random.default_rng(0))
+    k = sim.config.feed_length
+    assert feeds.shape == (40, k) and (feeds >= 0).all() and available[feeds].all()
+    assert all(len(set(row)) == k for row in feeds.tolist())
+    assert len({tuple(row) for row in feeds.tolist()}) > 10  # personalised, not one feed for all
+    np.testing.assert_array_equal(feeds, policy.serve(reqs, available, np.random.default_rng(5)))
+    # Take today's most served items off sale: they disappear, the feeds stay full.
+    top = np.bincount(feeds.ravel(), minlength=sim.world.n_items).argsort()[-10:]
+    fewer = available.copy()
+    fewer[top] = False
+    again = policy.serve(reqs, fewer, np.random.default_rng(0))
+    assert (again >= 0).all() and fewer[again].all() and not np.isin(again, top).any()
