@@ -35,6 +35,9 @@ from features.contract import EVENT_TYPES
 
 if TYPE_CHECKING:
     from experiments.simulator import MarketplaceSimulator, Requests
+    from serving.exploration import ExplorationConfig
+    from serving.pipeline import PipelineBase
+    from serving.rerank import RerankConfig
 
 __all__ = [
     "DEFAULT_EVENT_WEIGHTS",
@@ -552,8 +555,8 @@ class PipelinePolicy:
         Policy name for the logs; default the pipeline's ranker version.
     """
 
-    def __init__(self, pipeline, *, feed_length: int = 20, candidate_count: int = _DEFAULT_CANDIDATES,
-                 name: str | None = None) -> None:
+    def __init__(self, pipeline: PipelineBase, *, feed_length: int = 20,
+                 candidate_count: int = _DEFAULT_CANDIDATES, name: str | None = None) -> None:
         from serving.pipeline import PipelineBase
 
         if not isinstance(pipeline, PipelineBase):
@@ -583,7 +586,8 @@ class PipelinePolicy:
     @classmethod
     def from_bundle(cls, bundle_dir: str | os.PathLike[str], *, version: str = "full-system-v1",
                     feed_length: int = 20, candidate_count: int = _DEFAULT_CANDIDATES,
-                    rerank=None, exploration=None) -> PipelinePolicy:
+                    rerank: RerankConfig | None = None,
+                    exploration: ExplorationConfig | None = None) -> PipelinePolicy:
         """Load a feed bundle (``serving.bundle``) into a ``ModelPipeline`` and wrap it.
 
         Parameters
@@ -627,10 +631,9 @@ class PipelinePolicy:
 
     def serve(self, requests: Requests, available: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Rank each request through the pipeline (see :class:`RankingPolicy`)."""
+        from experiments.simulator.world import DEVICES
         from serving.metrics import StageTimer
         from serving.requests import FeedRequest
-
-        from experiments.simulator.world import DEVICES
 
         mask = np.asarray(available)
         if mask.dtype != np.bool_ or mask.ndim != 1:
