@@ -204,3 +204,56 @@ def test_every_routed_call_is_recorded_for_the_rollout(snapshot, make_state, tmp
     assert len(imps) == 120 and set(imps["request_key"]) == set(rows["request_key"])
     by_arm = imps.groupby("request_key")["arm"].first()
     assert (by_arm.reindex(rows["request_key"]).to_numpy() == rows["arm"].to_numpy()).all()
+
+
+def test_a_message_over_the_size_limit_is_refused(snapshot, make_state):
+    from serving.config import LimitsConfig, ServingConfig
+    from serving.proto_gen import feedrank_pb2_grpc as pb_grpc
+    from serving.router import Router
+    from serving.server import create_server, stop_gracefully
+
+    config = ServingConfig(limits=LimitsConfig(max_message_bytes=2048))
+    srv, port = create_server(config, Router(lambda: make_state(snapshot, "v1")), address="127.0.0.1:0")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.FeedRankerStub(channel)
+            assert len(stub.RankFeed(req(k=5), timeout=5).items) == 5
+            with pytest.raises(grpc.RpcError) as err:  # 900 ids of 8+ bytes each: over 2 KiB
+                stub.RankFeed(req(exclude_item_ids=list(range(10**9, 10**9 + 900))), timeout=5)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        stop_gracefully(srv, 1.0)
+
+
+def test_graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones(snapshot, make_state, monkeypatch):
+    from serving.config import ServingConfig
+    from serving.proto_gen import feedrank_pb2_grpc as pb_grpc
+    from serving.router import Router
+    from serving.server import create_server, stop_gracefully
+
+    router = Router(lambda: make_state(snapshot, "v1"))
+    started = threading.Event()
+    for pipeline in (router.state.champion, router.state.challenger):
+        def slow(*args, _inner=pipeline._score, **kwargs):  # a call that is still running at shutdown
+            started.set()
+            time.sleep(0.6)
+            return _inner(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, "_score", slow)
+    srv, port = create_server(ServingConfig(), router, address="127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.FeedRankerStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    future = stub.RankFeed.future(req(), timeout=10)
+    assert started.wait(5)
+    stopper = threading.Thread(target=stop_gracefully, args=(srv, 5.0))
+    stopper.start()
+    try:
+        assert len(future.result(timeout=10).items) == 20  # finished within the grace period
+        stopper.join(10)
+        assert not stopper.is_alive()
+        with pytest.raises(grpc.RpcError) as err:  # and the port takes no new call
+            health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    finally:
+        channel.close()
