@@ -48,8 +48,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from serving.bundle import BundleManifest, DataWindow, read_bundle_manifest
 from infra.release_config import RegistryConfig
+from serving.bundle import BundleManifest, DataWindow, read_bundle_manifest
 
 __all__ = [
     "CHALLENGER_ALIAS",
@@ -116,6 +116,18 @@ def git_commit(repo: str | os.PathLike[str] = _REPO_ROOT) -> tuple[str, bool]:
     except (OSError, subprocess.SubprocessError):
         return "unknown", False
     return head, bool(status.strip())
+
+
+def _holds_version(folder: Path, stamp: str) -> bool:
+    """``folder`` holds a complete download of the bundle ``stamp`` (``<model>/<version>``)."""
+    marker = folder / ".feedrank-version"
+    try:
+        if marker.read_text().strip() != stamp:
+            return False
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    read_bundle_manifest(folder)
+    return True
 
 
 def _now_iso() -> str:
@@ -450,9 +462,8 @@ class FeedRegistry:
         """
         mv = self.version(ref) if ref.isdigit() else self.version_by_alias(ref)
         target = Path(dst)
-        marker = target / ".feedrank-version"
-        if marker.is_file() and marker.read_text().strip() == f"{mv.name}/{mv.version}":
-            read_bundle_manifest(target)
+        stamp = f"{mv.name}/{mv.version}"
+        if _holds_version(target, stamp):
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -460,10 +471,19 @@ class FeedRegistry:
             local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
                                                         tracking_uri=self.tracking_uri)
             read_bundle_manifest(local)
-            Path(local, ".feedrank-version").write_text(f"{mv.name}/{mv.version}\n")
+            Path(local, ".feedrank-version").write_text(f"{stamp}\n")
+            # Replicas sharing a cache download the same version at once: the first to finish wins,
+            # and the others keep its copy (removing it would pull files from under its loader).
+            if _holds_version(target, stamp):
+                return target
             if target.exists():
                 shutil.rmtree(target)
-            os.replace(local, target)
+            try:
+                os.replace(local, target)
+            except OSError:
+                if _holds_version(target, stamp):
+                    return target
+                raise
         except MlflowException as exc:
             raise RegistryError(f"could not download {mv.name} version {mv.version} from {mv.source}: {exc}") from exc
         finally:

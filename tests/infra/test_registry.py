@@ -76,6 +76,30 @@ def test_register_two_versions_moves_aliases_and_downloads_by_alias(registry: Fe
         registry.rollback(reason="again")
 
 
+def test_replicas_downloading_one_version_at_once_keep_the_first_copy(
+        registry: FeedRegistry, tmp_path: Path, make_bundle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two serving processes sharing a bundle cache fetch a new challenger at the same moment."""
+    import mlflow.artifacts
+
+    version = registry.register_bundle(make_bundle(tmp_path / "b1", "one")).version
+    dst = tmp_path / "cache" / f"v{version}"
+    other = FeedRegistry(registry.config, data_dir=registry.data_dir)
+    real = mlflow.artifacts.download_artifacts
+    seen: dict[str, int] = {}
+
+    def slower(**kwargs):  # timing injection: the other replica completes its download during ours
+        monkeypatch.setattr(mlflow.artifacts, "download_artifacts", real)
+        other.download_bundle(version, dst)
+        seen["inode"] = (dst / "bundle.json").stat().st_ino  # the other replica is loading these files
+        return real(**kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", slower)
+    assert registry.download_bundle(version, dst) == dst
+    assert (dst / "bundle.json").stat().st_ino == seen["inode"]  # not removed from under the other loader
+    assert read_bundle_manifest(dst).metadata["tag"] == "one"
+    assert [p.name for p in dst.parent.iterdir()] == [dst.name]  # no temporary folder left
+
+
 def test_promote_and_rollback_are_idempotent(registry: FeedRegistry, tmp_path: Path, make_bundle) -> None:
     v1 = registry.register_bundle(make_bundle(tmp_path / "b1", "one")).version
     registry.promote(v1, reason="first")
