@@ -475,12 +475,15 @@ class FeatureEtl:
         # Each batch writes its own folder (concurrent jobs must not share a commit folder),
         # then its days move under training/.
         # With every lookup table broadcast, each task streams one day's sorted work file through
-        # order-keeping operators (broadcast joins, filter, the Python UDF): rows stay sorted and
-        # no shuffle is needed. Otherwise Spark's joins reorder rows, and a sort restores the order.
+        # order-keeping operators (broadcast joins, filter, the Python UDF), so no shuffle is
+        # needed; the sort within the task on the full key is still spelled out: the writer sorts
+        # by ``date`` anyway, and that sort is not stable once it spills to disk (a big day).
+        # Otherwise Spark's joins reorder rows across tasks, and a shuffle by day regroups them.
         scratch = f"{work}/training-{number}"
         out = rows.select(*base, *features, "date")
         if not broadcast_all:
-            out = out.repartition("date").sortWithinPartitions("date", "ts", "impression_id")
+            out = out.repartition("date")
+        out = out.sortWithinPartitions("date", "ts", "impression_id")
         out.write.mode("overwrite").partitionBy("date").parquet(scratch)
         target = f"{staging}/{LAYOUT.training}"
         files.mkdirs(target)

@@ -211,12 +211,19 @@ def _files(root: Path) -> dict[str, bytes]:
             for p in sorted((root / name).rglob("*")) if p.is_file()}
 
 
-def test_rerunning_a_day_replaces_it_identically_and_failed_checks_publish_nothing(spark, small_logs,
-                                                                                  small_features, tmp_path):
+def test_rerunning_days_replaces_them_identically_and_failed_checks_publish_nothing(spark, small_logs,
+                                                                                   small_features, tmp_path):
+    """Same input, same bytes: the re-run assembles one day per batch, two batches in parallel
+    threads, without broadcast hints (rows regrouped by a shuffle and sorted), where the run that
+    built ``small_features`` did all days in one broadcast pass.
+
+    The session's own broadcast threshold stays as it was: with every join a sort-merge join the
+    aggregates sum their doubles in another order, and a few features move in the 14th digit."""
     copy = tmp_path / "features"
     shutil.copytree(small_features, copy)
     original = _files(small_features)
-    last = sorted(p.name.split("=")[1] for p in (copy / "training").glob("date=*"))[-1]
+    days = sorted(p.name.split("=")[1] for p in (copy / "training").glob("date=*"))
+    last = days[-1]
     victim = copy / "training" / f"date={last}" / "part-00000.parquet"
     victim.write_bytes(b"corrupted")  # a broken day, to be replaced by the re-run
 
@@ -227,8 +234,10 @@ def test_rerunning_a_day_replaces_it_identically_and_failed_checks_publish_nothi
     failed = json.loads(max((copy / "_reports").glob("etl-*.json")).read_text())
     assert failed["status"] == "failed checks" and "null rate" in failed["error"]
 
-    report = FeatureEtl(FeaturesConfig()).run(spark, str(small_logs), str(copy), start_date=last, end_date=last)
-    assert report.dates == [last]
+    config = FeaturesConfig()
+    config = replace(config, spark=replace(config.spark, broadcast_threshold_mb=0))  # a batch per day
+    report = FeatureEtl(config).run(spark, str(small_logs), str(copy), start_date=days[-2], end_date=last)
+    assert report.dates == days[-2:]
     assert _files(copy) == original  # byte for byte, every table
     volume = [r for r in report.checks["results"] if r["check"] == "volume"]
     assert volume and all("same day" in r["figure"] for r in volume)
