@@ -2,7 +2,8 @@
 
 Target (issue 3): at least 50k impressions/s on 2 cores. Memory is the peak of the summed
 resident set of this process and all its descendants (the Spark JVM and its Python
-workers), sampled every 0.5 s.
+workers), sampled every 0.5 s, together with the 1-minute load average (on a shared
+machine the figure is only meaningful next to it).
 
     python benchmarks/bench_etl.py --impressions 10000000 --out build/bench/etl.json
 
@@ -43,6 +44,7 @@ class PeakMemory:
         self.every = every
         self.peak_bytes = 0
         self.peak_jvm_bytes = 0
+        self.load_1m: list[float] = []
         self._cpu: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -61,9 +63,17 @@ class PeakMemory:
                         jvm += rss
                 except psutil.Error:
                     continue
+            self.load_1m.append(os.getloadavg()[0])
             self.peak_bytes = max(self.peak_bytes, total)
             self.peak_jvm_bytes = max(self.peak_jvm_bytes, jvm)
             self._stop.wait(self.every)
+
+    def load_summary(self) -> dict[str, float]:
+        """Min, mean and max of the 1-minute load average sampled during the run (other work on the box)."""
+        if not self.load_1m:
+            return {}
+        return {"min": round(min(self.load_1m), 2), "mean": round(sum(self.load_1m) / len(self.load_1m), 2),
+                "max": round(max(self.load_1m), 2)}
 
     @property
     def cpu_seconds(self) -> float:
@@ -142,6 +152,7 @@ def main() -> None:
         "negative_keep_rate": args.negative_keep_rate,
         "cpus": os.cpu_count(), "load_average_1m_at_start": load_start,
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "load_average_1m_during": memory.load_summary(),
         "machine": platform.machine(), "python": platform.python_version(),
         "targets": {"impressions_per_second": ">= 50000"},
     }
