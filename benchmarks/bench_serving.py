@@ -67,7 +67,8 @@ def build_bundle(work: Path, *, items: int, users: int, days: int, seed: int) ->
 
     config = _config(root, items=items, users=users, days=days, seed=seed)
     start = time.perf_counter()
-    MarketplaceSimulator(config.experiments.simulator).run(root / "logs", progress=False)
+    if not (root / "train" / "train_state.json").exists():  # else an interrupted run resumes its training
+        MarketplaceSimulator(config.experiments.simulator).run(root / "logs", progress=False)
     gate_passed, gate_message = True, ""
     try:
         report = run_training(config, logs_dir=root / "logs", run_dir=root / "train", register=False)
