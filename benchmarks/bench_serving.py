@@ -328,6 +328,7 @@ def run_level(address: str, concurrency: int, *, procs: int, user_ids: np.ndarra
     stages = {s: np.concatenate([p[s] for p in parts]) for s in STAGES}
     out: dict[str, Any] = {
         "concurrency": concurrency, "client_processes": procs, "server_processes": len(servers),
+        "requests_per_server_process": [int(len(p["total"])) for p in parts],  # SO_REUSEPORT balance
         "duration_s": duration,
         "requests": int(len(lat)), "errors": len(errors), "error_codes": sorted(set(errors)),
         "throughput_rps": round(len(lat) / duration, 1),
