@@ -51,20 +51,24 @@ from tests.infra.conftest import TRAIN_OVERRIDES
 pytestmark = [pytest.mark.slow,  # the shuffled-label bundle is not compiled (a few seconds saved): LightGBM scores it
               pytest.mark.filterwarnings("ignore::ranking.compile.CompiledModelUnavailableWarning")]
 
-# The canary of a 500-buyer marketplace, measured on it (12 random salts, 900 requests): a stage
-# sees ~170 users per arm, ~10 purchasing users in the weaker arm and ~150 clicked impressions.
-# CTR then separates the trained ranker from the shuffled-label one every time (challenger
-# better: lower bound of its relative lift +2% to +71%; worse: effect -23% to -49%, upper bound
-# below -6%). GMV per request cannot be bounded by so few purchases (the 95 % interval of its
-# relative lift spans about +-150 %), so its margin is put out of reach: it is still computed
-# and recorded, but CTR carries the business decision here; real stages run for days.
-ROLLOUT = {"stages": [0.5, 1.0], "looks_per_stage": 1, "min_users_per_arm": 100, "min_requests_per_arm": 300,
-           "warmup_seconds": 0.0, "gmv_margin": 3.0, "ctr_margin": 0.15, "latency_p95_margin": 0.5,
+# The canary of a 500-buyer marketplace, measured on it: a look of 900 requests sees ~170 users
+# per arm, ~10-20 purchasing users and ~150-250 clicked impressions per arm. CTR separates the
+# trained ranker from the shuffled-label one (relative lift of the trained one +37 % to +56 %, of
+# the shuffled one -19 % to -37 %, standard error ~0.09), so a stage has two looks (O'Brien-Fleming:
+# the first at alpha ~0.005, the second, on twice the data, at ~0.05) and a 10 % CTR margin. GMV
+# per request cannot be bounded by so few purchases (the 95 % interval of its lift spans about
+# +-150 %), so its margin is put out of reach: it is computed and recorded, but CTR carries the
+# business decision here; real stages run for days. The p95 latencies are 8-25 ms on 2 shared
+# cores, where a few ms of scheduling noise or a smaller model (the shuffled-label one stops after
+# a few trees) is tens of percent: the trained challenger measured +26 % [0 %, +59 %] against it on
+# a quiet machine, so the latency margin is 80 %.
+ROLLOUT = {"stages": [0.5, 1.0], "looks_per_stage": 2, "min_users_per_arm": 100, "min_requests_per_arm": 300,
+           "warmup_seconds": 0.0, "gmv_margin": 3.0, "ctr_margin": 0.1, "latency_p95_margin": 0.8,
            "error_rate_margin": 0.02, "n_bootstrap": 200, "poll_seconds": 1.0, "max_wait_seconds": 600.0}
 REQUESTS_PER_LOOK = 900
 FEED_K = 20
 CANDIDATES = 50
-SLOW_MS = 30.0  # the slow challenger's injected delay; a look's p95 is ~25 ms on 2 busy cores
+SLOW_MS = 50.0  # the slow challenger's injected delay: p95 x3 (busy machine, 25 ms) to x6 (quiet, 9 ms)
 # Simulated time runs 10^6 times faster for the buyers' reactions: a purchase 3 days after the
 # click lands 0.26 s after the feed was served, inside the look that served it.
 TIME_SCALE = 1e-6
@@ -182,7 +186,8 @@ class Marketplace:
                 if (st.champion.ranker, st.challenger.ranker, round(st.challenger_share, 6)) == \
                         (want[0], want[1], round(want[2], 6)):
                     break
-                assert time.monotonic() < deadline, f"replica serves {st}, not the rollout state {view}"
+                assert time.monotonic() < deadline, (f"replica serves {st} after {replica.watcher.reloads} "
+                                                     f"reloads, not the rollout state {view}")
                 time.sleep(0.05)
 
     def flush(self) -> None:
@@ -303,12 +308,12 @@ def test_a_better_challenger_is_promoted_to_every_buyer(bundles, marketplace_for
     assert [(t.action, t.share) for t in final.history] == [
         ("gate_skipped", 0.0), ("advance", 0.5), ("advance", 1.0), ("promote", 1.0)]
     assert registry.aliases() == {"champion": challenger, "previous-champion": champion}
-    looks = [e for e in _evaluations(market) if e["look"] is not None]
-    assert [e["decision"] for e in looks] == ["advance"]
-    checks = {c["metric"]: c for c in looks[0]["checks"]}
+    looks = [e for e in _evaluations(market) if e["look"] is not None]  # a hold may precede the advance
+    assert [e["decision"] for e in looks] in (["advance"], ["hold", "advance"])
+    checks = {c["metric"]: c for c in looks[-1]["checks"]}
     assert all(c["verdict"] == "pass" for c in checks.values())
     assert checks["ctr"]["effect"] > 0.0  # the buyers clicked more on the trained ranker's feeds
-    counts = looks[0]["counts"]
+    counts = looks[-1]["counts"]
     assert counts["crossover_users"] == 0  # both replicas put every buyer in the same arm
     assert min(counts["users_champion"], counts["users_challenger"]) >= ROLLOUT["min_users_per_arm"]
     assert counts["requests_champion"] + counts["requests_challenger"] == market.buyers.calls
