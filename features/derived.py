@@ -37,6 +37,8 @@ Formulas (``day = 86_400 s``; ``today = ts_us // day``):
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,6 +51,8 @@ __all__ = [
     "REALTIME_INPUTS",
     "REQUEST_INPUTS",
     "derived_features",
+    "derived_matrix",
+    "device_code",
     "user_inputs",
 ]
 
@@ -90,38 +94,90 @@ def _float(frame: pd.DataFrame, name: str) -> np.ndarray:
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _ids(frame: pd.DataFrame, name: str) -> np.ndarray:
-    """Ids as int64 with -1 for null (contract ids are >= 0)."""
-    values = frame[name]
-    if values.dtype.kind in "iu":  # numpy ints, or nullable Int64 as Spark hands them over
-        return values.to_numpy(dtype=np.int64, na_value=-1)
-    as_float = _float(frame, name)
-    out = np.full(len(as_float), -1, dtype=np.int64)
-    ok = ~np.isnan(as_float)
-    out[ok] = as_float[ok].astype(np.int64)
-    return out
-
-
-def _list_width(frame: pd.DataFrame, prefix: str) -> int:
+def _list_width(names: Sequence[str], prefix: str) -> int:
     pattern = re.compile(rf"^{prefix}_(\d+)$")
-    ks = sorted(int(m.group(1)) for c in frame.columns if (m := pattern.match(str(c))))
+    ks = sorted(int(m.group(1)) for c in names if (m := pattern.match(str(c))))
     if ks != list(range(1, len(ks) + 1)) or not ks:
-        raise ValueError(f"frame must hold {prefix}_1..{prefix}_K for some K >= 1, got indices {ks}")
+        raise ValueError(f"inputs must hold {prefix}_1..{prefix}_K for some K >= 1, got indices {ks}")
     return len(ks)
 
 
-def _lookup(frame: pd.DataFrame, ids_prefix: str, values_prefix: str, key: np.ndarray) -> np.ndarray:
+def _lookup(inputs: Mapping[str, Any], ids_prefix: str, values_prefix: str, key: np.ndarray) -> np.ndarray:
     """For each row, the value paired with ``key`` in the row's top-K list (0 if absent)."""
-    k = _list_width(frame, ids_prefix)
-    ids = np.column_stack([_ids(frame, f"{ids_prefix}_{i}") for i in range(1, k + 1)])
-    values = np.column_stack([_float(frame, f"{values_prefix}_{i}") for i in range(1, k + 1)])
-    hit = (ids == key[:, None]) & (key[:, None] >= 0)
-    return np.where(hit, np.nan_to_num(values), 0.0).sum(axis=1)
+    total = np.zeros(np.shape(key))
+    for i in range(1, _list_width(list(inputs), ids_prefix) + 1):
+        # ids are floats with NaN for null, and NaN equals nothing
+        total = total + np.where(inputs[f"{ids_prefix}_{i}"] == key, np.nan_to_num(inputs[f"{values_prefix}_{i}"]), 0.0)
+    return total
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den > 0, num / den, np.nan)
+
+
+def device_code(device: str | None) -> float:
+    """``f_ctx_device`` of one request: the code in :data:`DEVICE_CODES`, :data:`OTHER_DEVICE`
+    for any other value, NaN when unknown."""
+    if device is None or (isinstance(device, float) and np.isnan(device)):
+        return np.nan
+    return float(DEVICE_CODES.get(device, OTHER_DEVICE))
+
+
+def derived_matrix(inputs: Mapping[str, Any], ts_us: np.ndarray | int, device: np.ndarray | float,
+                   n: int) -> np.ndarray:
+    """The formulas on float arrays: the core :func:`derived_features` and serving share.
+
+    Parameters
+    ----------
+    inputs : mapping of column name to float64 array of shape (n,) or a float scalar
+        Every input column of the module docstring except ``ts_us`` and ``device``; ids as
+        floats, NaN for null. A scalar stands for the same value on every row (serving passes
+        the user's and the request's values that way, and the items' columns as arrays).
+    ts_us : int64 array of shape (n,) or int
+        Request times, microseconds since the epoch (UTC); never null.
+    device : float array of shape (n,) or float
+        :func:`device_code` of each row's device.
+    n : int
+        The number of rows.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, len(DERIVED_FEATURES)), float64, columns in :data:`DERIVED_FEATURES` order.
+    """
+    ts_us = np.asarray(ts_us, dtype=np.int64)
+    ts = ts_us.astype(np.float64)
+    today = ts_us // DAY_US
+    out: dict[str, Any] = {}
+
+    out["f_user_tenure_days"] = (ts - inputs["user_signup_us"]) / DAY_US
+    same_day = inputs["rt_day"] == today
+    for name in ("views", "clicks", "carts", "purchases"):
+        out[f"f_user_{name}_today"] = np.where(same_day, np.nan_to_num(inputs[f"rt_{name}"]), 0.0)
+    out["f_user_hours_since_view"] = (ts - inputs["rt_last_view_us"]) / HOUR_US
+    out["f_user_hours_since_event"] = (ts - inputs["rt_last_event_us"]) / HOUR_US
+    out["f_item_age_days"] = (ts - inputs["item_created_us"]) / DAY_US
+
+    category = inputs["item_category_id"]
+    out["f_ui_cat_affinity"] = _lookup(inputs, "top_cat_id", "top_cat_w", category)
+    out["f_ui_cat_is_top"] = (inputs["top_cat_id_1"] == category).astype(np.float64)
+    out["f_ui_seller_interactions"] = _lookup(inputs, "top_seller_id", "top_seller_n", inputs["item_seller_id"])
+    out["f_ui_item_interactions"] = _lookup(inputs, "top_item_id", "top_item_n", inputs["item_id"])
+    price = inputs["f_item_price"]
+    out["f_ui_price_to_purchase_mean"] = _ratio(price, inputs["f_user_purchase_price_mean_30d"])
+    out["f_ui_price_to_click_mean"] = _ratio(price, inputs["f_user_click_price_mean_30d"])
+
+    hour = (ts_us // HOUR_US) % 24
+    dow = (today + 3) % 7  # 1970-01-01 was a Thursday (3 with Monday = 0)
+    out["f_ctx_hour"] = hour
+    out["f_ctx_dow"] = dow
+    out["f_ctx_weekend"] = dow >= 5
+    out["f_ctx_device"] = device
+
+    matrix = np.empty((n, len(DERIVED_FEATURES)), dtype=np.float64)
+    for j, name in enumerate(DERIVED_FEATURES):
+        matrix[:, j] = out[name]  # broadcasts the per-request constants
+    return matrix
 
 
 def derived_features(frame: pd.DataFrame) -> pd.DataFrame:
@@ -148,37 +204,15 @@ def derived_features(frame: pd.DataFrame) -> pd.DataFrame:
     ts = frame["ts_us"]
     if ts.isna().any():
         raise ValueError("ts_us must not be null (the request time)")
-    ts_us = ts.to_numpy(dtype=np.int64)
-    today = ts_us // DAY_US
-    out: dict[str, np.ndarray] = {}
-
-    out["f_user_tenure_days"] = (ts_us - _float(frame, "user_signup_us")) / DAY_US
-    rt_day = _float(frame, "rt_day")
-    same_day = rt_day == today
-    for name in ("views", "clicks", "carts", "purchases"):
-        out[f"f_user_{name}_today"] = np.where(same_day, np.nan_to_num(_float(frame, f"rt_{name}")), 0.0)
-    out["f_user_hours_since_view"] = (ts_us - _float(frame, "rt_last_view_us")) / HOUR_US
-    out["f_user_hours_since_event"] = (ts_us - _float(frame, "rt_last_event_us")) / HOUR_US
-    out["f_item_age_days"] = (ts_us - _float(frame, "item_created_us")) / DAY_US
-
-    category = _ids(frame, "item_category_id")
-    out["f_ui_cat_affinity"] = _lookup(frame, "top_cat_id", "top_cat_w", category)
-    top1 = _ids(frame, "top_cat_id_1")
-    out["f_ui_cat_is_top"] = ((top1 == category) & (category >= 0)).astype(np.float64)
-    out["f_ui_seller_interactions"] = _lookup(frame, "top_seller_id", "top_seller_n", _ids(frame, "item_seller_id"))
-    out["f_ui_item_interactions"] = _lookup(frame, "top_item_id", "top_item_n", _ids(frame, "item_id"))
-    price = _float(frame, "f_item_price")
-    out["f_ui_price_to_purchase_mean"] = _ratio(price, _float(frame, "f_user_purchase_price_mean_30d"))
-    out["f_ui_price_to_click_mean"] = _ratio(price, _float(frame, "f_user_click_price_mean_30d"))
-
-    hour = (ts_us // HOUR_US) % 24
-    dow = (today + 3) % 7  # 1970-01-01 was a Thursday (3 with Monday = 0)
-    out["f_ctx_hour"] = hour.astype(np.float64)
-    out["f_ctx_dow"] = dow.astype(np.float64)
-    out["f_ctx_weekend"] = (dow >= 5).astype(np.float64)
+    names = [c for c in frame.columns if c not in REQUEST_INPUTS]
+    widths = {p: _list_width(names, p) for p, _ in _TOP_LISTS}  # checked before any column is read
+    needed = list(REALTIME_INPUTS + ITEM_INPUTS + _USER_SCALARS)
+    for (ids, values), k in zip(_TOP_LISTS, widths.values(), strict=True):
+        needed += [f"{ids}_{i}" for i in range(1, k + 1)] + [f"{values}_{i}" for i in range(1, k + 1)]
+    inputs = {name: _float(frame, name) for name in needed}
     device = frame["device"]
     codes = device.map(DEVICE_CODES).astype("float64").to_numpy(na_value=np.nan)
     known = device.notna().to_numpy()
-    out["f_ctx_device"] = np.where(known & np.isnan(codes), float(OTHER_DEVICE), codes)
-
-    return pd.DataFrame({name: out[name].astype(np.float64) for name in DERIVED_FEATURES}, index=frame.index)
+    codes = np.where(known & np.isnan(codes), float(OTHER_DEVICE), codes)
+    matrix = derived_matrix(inputs, ts.to_numpy(dtype=np.int64), codes, len(frame))
+    return pd.DataFrame(matrix, columns=list(DERIVED_FEATURES), index=frame.index)

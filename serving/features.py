@@ -3,7 +3,8 @@
 The ranker's feature vector for (request, user, item) is built exactly as the ETL built its
 training rows: user snapshot features (``f_user_*``), item and seller snapshot features
 (``f_item_*``, ``f_seller_*``), and the request-time features that
-:func:`features.derived.derived_features` computes, the same function the ETL applied. Only
+:func:`features.derived.derived_features` computes, the same formulas the ETL applied
+(through their array core, :func:`features.derived.derived_matrix`). Only
 the user's rows are read online (Feast); item rows come from the in-memory snapshot.
 
 Fallbacks (DESIGN.md): online store down or failing -> the user's row from the bundle's
@@ -19,7 +20,13 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from features.derived import DERIVED_FEATURES, ITEM_INPUTS, REALTIME_INPUTS, derived_features
+from features.derived import (
+    DERIVED_FEATURES,
+    ITEM_INPUTS,
+    REALTIME_INPUTS,
+    derived_matrix,
+    device_code,
+)
 
 __all__ = ["FeastUserFeatures", "FeatureAssembler", "SnapshotUserFeatures", "UserFeatureSource", "UserRows"]
 
@@ -114,8 +121,8 @@ class FeatureAssembler:
         Columns of a user snapshot row (features and the auxiliary inputs of derived features).
 
     Each feature comes from the first of: the request-time features of
-    :func:`features.derived.derived_features` (the ETL's own function, called on a frame of
-    exactly its inputs), the user's snapshot or real-time row, the item snapshot. The item
+    :func:`features.derived.derived_matrix` (the core of the ETL's own ``derived_features``,
+    called on exactly its inputs: the user's values as scalars, the candidates' as arrays), the user's snapshot or real-time row, the item snapshot. The item
     columns are held as one float64 matrix, gathered by row per request: building a frame of
     every snapshot column per request cost several milliseconds of pandas work.
     """
@@ -162,17 +169,12 @@ class FeatureAssembler:
         n = len(rows)
         values = {c: _value(user_row, c) for c in self._user_inputs}
         values.update({c: _value(realtime_row, c) for c in self._rt_inputs})
-        # the inputs of derived_features as one float block (per-request constants, then the
-        # items' columns; ids and microsecond times are exact in float64), then time and device
-        names = list(values)
-        block = np.empty((n, len(names) + len(self._item_inputs)), dtype=np.float64)
-        block[:, :len(names)] = [values[c] for c in names]
-        for j, arr in enumerate(self._item_inputs.values()):
-            block[:, len(names) + j] = arr[rows]
-        frame = pd.DataFrame(block, columns=names + list(self._item_inputs), copy=False)
-        frame["ts_us"] = np.full(n, ts_us, dtype=np.int64)
-        frame["device"] = pd.Series([device] * n, dtype=object)
-        derived = derived_features(frame).to_numpy(dtype=np.float64)
+        # derived_matrix is derived_features without the DataFrame: the user's and the
+        # request's values go in as scalars, the candidates' columns as arrays
+        inputs: dict[str, Any] = dict(values)
+        for name, arr in self._item_inputs.items():
+            inputs[name] = arr[rows]
+        derived = derived_matrix(inputs, ts_us, device_code(device), n)
         X = np.empty((n, len(self.feature_names)), dtype=np.float64)
         X[:, self._item_dst] = self._item_values[rows]
         for j, name in self._user_pos:
