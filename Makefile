@@ -38,6 +38,8 @@ test: install
 
 bench: install
 	$(PY) benchmarks/bench_simulator.py --impressions 10000000 --out build/bench/simulator.json
+	$(PY) benchmarks/bench_etl.py --impressions 10000000 --out build/bench/etl.json
+	$(PY) benchmarks/bench_feast.py --out build/bench/feast.json
 	$(PY) benchmarks/bench_retrieval.py --out build/bench/retrieval.json
 	$(PY) benchmarks/bench_stream.py --out build/bench/stream.json
 	$(PY) benchmarks/bench_scoring.py --out build/bench/scoring.json
