@@ -4,7 +4,7 @@ A compiled model predicts exactly what LightGBM predicts (float64 thresholds and
 a test holds them within 1e-5). Whether it is faster depends on the model's size: on
 these machines 300 trees of 31 leaves score 500 rows faster compiled, while at 500 trees
 of 63 leaves tl2cgen's default build was slower than LightGBM and its ``quantize=1`` build
-faster; ``benchmarks/bench_scoring.py`` measures it. When compiling fails (no compiler,
+faster (quantized is the configured default, ``ranking.compile.quantize``); ``benchmarks/bench_scoring.py`` measures it. When compiling fails (no compiler,
 a broken toolchain) or a library cannot be loaded, :func:`load_predictor` falls back to
 LightGBM and warns with :class:`CompiledModelUnavailableWarning`.
 """

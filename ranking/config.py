@@ -143,15 +143,16 @@ class CompileConfig:
     toolchain : str
         Compiler command; empty means ``$CC``, else ``gcc``.
     quantize : bool
-        tl2cgen's ``quantize`` option (thresholds as integer bin indices); faster for large
-        models on these machines, identical predictions.
+        tl2cgen's ``quantize`` option (thresholds as integer bin indices): identical predictions,
+        and faster at every size measured (500 rows, one thread, quiet 2-core box: 300 trees x 31
+        leaves p50 4.6 ms vs 10.1 ms unquantized, 100 x 31 1.5 vs 2.5 ms, 500 x 63 10.2 vs 28.3 ms).
     parallel_comp : int
         Split the generated C code into this many translation units (0 = one per 50 trees).
     """
 
     enabled: bool = True
     toolchain: str = ""
-    quantize: bool = False
+    quantize: bool = True
     parallel_comp: int = 0
 
     def __post_init__(self) -> None:

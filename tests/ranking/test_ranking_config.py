@@ -48,10 +48,10 @@ def test_infra_builds_the_ranking_section_from_yaml_and_env():
     cfg = load_config(env={})
     assert cfg.ranking == RankingConfig()
     cfg = load_config(env={"FEEDRANK_RANKING__RANKER__NUM_LEAVES": "63", "FEEDRANK_RANKING__EVAL_AT": "[5, 10]",
-                           "FEEDRANK_RANKING__STOP_AT": "10", "FEEDRANK_RANKING__COMPILE__QUANTIZE": "true"})
+                           "FEEDRANK_RANKING__STOP_AT": "10", "FEEDRANK_RANKING__COMPILE__QUANTIZE": "false"})
     assert cfg.ranking.ranker.num_leaves == 63
     assert cfg.ranking.eval_at == (5, 10) and cfg.ranking.stop_at == 10
-    assert cfg.ranking.compile.quantize is True
+    assert cfg.ranking.compile.quantize is False
 
 
 @pytest.mark.parametrize("env, match", [
