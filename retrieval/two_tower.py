@@ -147,7 +147,7 @@ class TwoTowerRetriever(Retriever):
             batch = user_batch(inputs, self.catalog, self.retrieval_config.model, self._trained_items,
                                np.isin(users.user_ids[codes], self.trained_user_ids))
             self.model.eval()
-            with torch_settings(self.retrieval_config.training.num_threads), torch.no_grad():
+            with _inference(self.retrieval_config.training.num_threads):
                 vectors[warm] = self.model.user_vectors(batch).numpy()
         return _TowerRequests(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)}, vectors=vectors,
                               warm=warm)
@@ -169,3 +169,12 @@ class TwoTowerRetriever(Retriever):
             return None
         return self.item_vectors[rows] @ requests.vectors[i]
 
+
+def _inference(num_threads: int) -> torch.inference_mode:
+    """Per-request inference: no autograd, no RNG (the tower is in eval mode), and the thread
+    count set only when it differs. Unlike :func:`torch_settings` it touches no process-wide
+    state per call: a server's concurrent requests would otherwise race on it (each call set
+    and restored the thread count, deterministic mode and the RNG state around 1 ms of work)."""
+    if torch.get_num_threads() != num_threads:
+        torch.set_num_threads(num_threads)
+    return torch.inference_mode()
