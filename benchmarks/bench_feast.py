@@ -30,7 +30,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from features.config import EtlConfig, FeastConfig, FeaturesConfig  # noqa: E402
-from features.store import apply_definitions, assemble_features, materialize, online_rows, open_store  # noqa: E402
+from features.store import (  # noqa: E402
+    apply_definitions,
+    assemble_features,
+    materialize,
+    online_rows,
+    open_store,
+)
 
 logger = logging.getLogger("bench_feast")
 

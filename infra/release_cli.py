@@ -132,9 +132,9 @@ def _run_guarded(func):  # type: ignore[no-untyped-def]
     """Wrap a command so that named rollout/registry errors print and exit 3 instead of a traceback."""
 
     def run(args: argparse.Namespace, config: FeedrankConfig) -> int:
-        from serving.bundle import BundleError
         from infra.rollout_state import RolloutError
         from infra.stage_logs import StageLogsError
+        from serving.bundle import BundleError
 
         try:
             return func(args, config)
