@@ -34,18 +34,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from experiments.config import SimulatorConfig  # noqa: E402
 from experiments.simulator import MarketplaceSimulator  # noqa: E402
-from features.config import EtlConfig, StreamConfig  # noqa: E402
-from features.outputs import item_feature_names, seller_feature_names, user_feature_names  # noqa: E402
+from features.config import StreamConfig  # noqa: E402
+from features.outputs import write_empty_feature_tables  # noqa: E402
 from features.stream import (  # noqa: E402
-    INTRADAY_COLUMNS,
     BatchReport,
     EventPublisher,
     FeastPushSink,
@@ -57,22 +54,6 @@ from infra.config import load_config  # noqa: E402
 from infra.replay import load_replay, replay_logs  # noqa: E402
 from infra.services import start_kafka  # noqa: E402
 from infra.stream_cli import open_feature_store  # noqa: E402
-
-
-def _empty_etl_tables(root: Path, etl: EtlConfig) -> None:
-    """Empty ETL output tables with the ETL's columns, so that the Feast repo applies without an ETL run
-    (the benchmark writes the online store only; the views' schemas come from these files)."""
-    ts = pa.timestamp("us", tz="UTC")
-    columns = {
-        "user_features": [("user_id", pa.int64())] + [(n, pa.float64()) for n in user_feature_names(etl)],
-        "item_features": [("item_id", pa.int64())] + [(n, pa.float64()) for n in item_feature_names(etl)],
-        "seller_features": [("seller_id", pa.int64())] + [(n, pa.float64()) for n in seller_feature_names(etl)],
-        "user_realtime": [("user_id", pa.int64())] + [(n, pa.int64()) for n in INTRADAY_COLUMNS],
-    }
-    for table, fields in columns.items():
-        schema = pa.schema(fields[:1] + [("event_timestamp", ts)] + fields[1:])
-        (root / table / "date=2026-01-05").mkdir(parents=True)
-        pq.write_table(schema.empty_table(), root / table / "date=2026-01-05" / "part-0.parquet")
 
 
 def _stream_config(bootstrap: str, name: str, **overrides: object) -> StreamConfig:
@@ -199,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         config = load_config(overrides={"features": {"feast": {"repo_dir": str(work / "feast")}},
                                         "infra": {"data_dir": str(work / "data")}})
-        _empty_etl_tables(work / "data" / "features", config.features.etl)
+        write_empty_feature_tables(work / "data" / "features", config.features.etl)
         store = open_feature_store(config, apply=True)
         throughput = []
         for size in args.max_poll_records:

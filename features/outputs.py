@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -27,6 +28,7 @@ __all__ = [
     "training_schema",
     "user_aux_names",
     "user_feature_names",
+    "write_empty_feature_tables",
 ]
 
 TS_TYPE = pa.timestamp("us", tz="UTC")
@@ -129,3 +131,26 @@ def training_schema(cfg: EtlConfig) -> pa.Schema:
     fields = [pa.field(n, t, nullable=nullable) for n, t, nullable in TRAINING_BASE]
     fields += [pa.field(n, pa.float64()) for n in training_feature_names(cfg)]
     return pa.schema(fields)
+
+
+def write_empty_feature_tables(root: str | Path, cfg: EtlConfig, *, date: str = "2026-01-05") -> None:
+    """Write empty ``user_features/``, ``item_features/``, ``seller_features/`` and
+    ``user_realtime/`` partitions with the ETL's columns under ``root``.
+
+    The Feast repo takes its views' schemas from these tables, so this lets it apply before any
+    ETL has run: a stream consumer or a benchmark that writes only the online store.
+    """
+    import pyarrow.parquet as pq
+
+    layout = OutputLayout()
+    columns = {
+        layout.user_features: [("user_id", pa.int64())] + [(n, pa.float64()) for n in user_feature_names(cfg)],
+        layout.item_features: [("item_id", pa.int64())] + [(n, pa.float64()) for n in item_feature_names(cfg)],
+        layout.seller_features: [("seller_id", pa.int64())] + [(n, pa.float64()) for n in seller_feature_names(cfg)],
+        layout.user_realtime: [("user_id", pa.int64())] + [(n, pa.int64()) for n in REALTIME_COLUMNS],
+    }
+    for table, fields in columns.items():
+        schema = pa.schema(fields[:1] + [("event_timestamp", TS_TYPE)] + fields[1:])
+        folder = Path(root) / table / f"date={date}"
+        folder.mkdir(parents=True)
+        pq.write_table(schema.empty_table(), folder / "part-0.parquet")

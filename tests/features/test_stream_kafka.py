@@ -20,13 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from features.config import EtlConfig, FeastConfig, StreamConfig
-from features.outputs import item_feature_names, seller_feature_names, user_feature_names
+from features.outputs import write_empty_feature_tables
 from features.stream import (
     INTRADAY_COLUMNS,
     ITEM_ROLLING,
@@ -95,28 +93,12 @@ def _app_config(stream: StreamConfig, feast: FeastConfig, data_dir: Path) -> dic
         "infra": {"data_dir": str(data_dir)}}
 
 
-def _etl_tables(root: Path) -> None:
-    """Empty ETL output tables with the ETL's columns: what ``apply_definitions`` reads the views' schemas from."""
-    etl = EtlConfig()
-    ts = pa.timestamp("us", tz="UTC")
-    columns = {
-        "user_features": [("user_id", pa.int64())] + [(n, pa.float64()) for n in user_feature_names(etl)],
-        "item_features": [("item_id", pa.int64())] + [(n, pa.float64()) for n in item_feature_names(etl)],
-        "seller_features": [("seller_id", pa.int64())] + [(n, pa.float64()) for n in seller_feature_names(etl)],
-        "user_realtime": [("user_id", pa.int64())] + [(n, pa.int64()) for n in INTRADAY_COLUMNS],
-    }
-    for table, fields in columns.items():
-        schema = pa.schema(fields[:1] + [("event_timestamp", ts)] + fields[1:])
-        (root / table / "date=2026-01-05").mkdir(parents=True)
-        pq.write_table(schema.empty_table(), root / table / "date=2026-01-05" / "part-0.parquet")
-
-
 @pytest.fixture
 def store(feast_config: FeastConfig, data_dir: Path):
     """The real Feast store (SQLite online store in a temp folder) with the repo's definitions applied."""
     from infra.config import load_config
 
-    _etl_tables(data_dir / "features")
+    write_empty_feature_tables(data_dir / "features", EtlConfig())
     config = load_config(overrides={"features": {"feast": {"project": feast_config.project,
                                                             "repo_dir": feast_config.repo_dir}},
                                     "infra": {"data_dir": str(data_dir)}})
@@ -447,7 +429,7 @@ def test_features_apply_registers_the_rolling_views(tmp_path: Path, data_dir: Pa
     from features.store import load_repo_config
     from infra.cli import main
 
-    _etl_tables(data_dir / "features")
+    write_empty_feature_tables(data_dir / "features", EtlConfig())
     config_file = tmp_path / "feedrank.yaml"
     config_file.write_text(yaml.safe_dump({"features": {"feast": {"project": feast_config.project,
                                                                    "repo_dir": feast_config.repo_dir}},
