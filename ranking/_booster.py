@@ -3,6 +3,7 @@ list and best iteration, prediction in the training feature order, and LightGBM 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Self
@@ -23,6 +24,20 @@ class FittedBooster:
     feature_names_: list[str]
     best_iteration_: int
     valid_scores_: dict[str, float]
+
+    def _adopt(self, booster: Any, names: list[str], stopper: Any, what: str) -> None:
+        """Keep a trained ``booster``: its best iteration and validation scores come from the
+        early-stopping callback ``stopper`` when it stopped, else every tree counts."""
+        self.booster_ = booster
+        self.feature_names_ = names
+        if stopper is not None and stopper.best_iteration > 0:
+            self.best_iteration_ = stopper.best_iteration
+            self.valid_scores_ = {r[1]: float(r[2]) for r in stopper.best_results if r[0] == "valid"}
+        else:
+            self.best_iteration_ = booster.current_iteration()
+            self.valid_scores_ = {}
+        logging.getLogger(type(self).__module__).info("%s: %d trees (best iteration), validation %s", what,
+                                                      self.best_iteration_, self.valid_scores_)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "booster_"):

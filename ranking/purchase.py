@@ -103,15 +103,7 @@ class PurchaseModel(FittedBooster):
             all_callbacks.append(stopper)
         booster = lgb.train(self.lightgbm_params(), train_set, num_boost_round=self.params.num_boost_round,
                             valid_sets=valid_sets, valid_names=["valid"][: len(valid_sets)], callbacks=all_callbacks)
-        self.booster_ = booster
-        self.feature_names_ = names
-        if stopper is not None and stopper.best_iteration > 0:
-            self.best_iteration_ = stopper.best_iteration
-            self.valid_scores_ = {r[1]: float(r[2]) for r in stopper.best_results if r[0] == "valid"}
-        else:
-            self.best_iteration_ = booster.current_iteration()
-            self.valid_scores_ = {}
-        logger.info("purchase model: %d trees, validation %s", self.best_iteration_, self.valid_scores_)
+        self._adopt(booster, names, stopper, "purchase model")
         return self
 
     def predict_proba(self, X: Any) -> np.ndarray:

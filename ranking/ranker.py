@@ -317,16 +317,8 @@ class LambdaMARTRanker(FittedBooster):
             raise ValueError("eval_ips_weight needs an eval_set")
         booster = lgb.train(params, train_set, num_boost_round=self.params.num_boost_round, valid_sets=valid_sets,
                             valid_names=["valid"][: len(valid_sets)], feval=feval, callbacks=all_callbacks)
-        self.booster_ = booster
-        self.feature_names_ = names
         self.evals_result_ = evals
-        if stopper is not None and stopper.best_iteration > 0:
-            self.best_iteration_ = stopper.best_iteration
-            self.valid_scores_ = {r[1]: float(r[2]) for r in stopper.best_results if r[0] == "valid"}
-        else:
-            self.best_iteration_ = booster.current_iteration()
-            self.valid_scores_ = {}
-        logger.info("ranker: %d trees (best iteration), validation %s", self.best_iteration_, self.valid_scores_)
+        self._adopt(booster, names, stopper, "ranker")
         return self
 
     def predict(self, X: Any) -> np.ndarray:
