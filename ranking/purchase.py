@@ -11,7 +11,6 @@ is 1 by normalisation: ``P(purchase | examined)``, comparable across candidates.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,7 +22,6 @@ from ranking.config import DEFAULT_PARAMS, GBDTParams
 
 __all__ = ["PurchaseModel"]
 
-logger = logging.getLogger(__name__)
 
 
 class PurchaseModel(FittedBooster):

@@ -29,7 +29,6 @@ Validation uses LightGBM's own ``ndcg@k`` metric on the validation slice.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -49,7 +48,6 @@ from ranking.config import DEFAULT_PARAMS, GBDTParams
 
 __all__ = ["IPSWeightedNDCG", "LambdaMARTRanker", "LambdaRankObjective"]
 
-logger = logging.getLogger(__name__)
 
 
 class LambdaRankObjective:
