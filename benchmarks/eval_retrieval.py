@@ -89,14 +89,10 @@ def run_sim(args: argparse.Namespace) -> dict:
     from experiments.simulator import MarketplaceSimulator
 
     presets = {"study": {"taste_concentration": 0.1, "organic_rate": 1.0}, "default": {}}
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in SimulatorConfig.__dataclass_fields__:
-            raise SystemExit(f"--set {item}: SimulatorConfig has no field {key!r}")
-        overrides[key] = type(getattr(SimulatorConfig(), key))(value)
-    sim_config = SimulatorConfig(**{**presets[args.preset], **overrides}, seed=args.seed)
-    config = RetrievalConfig(training=TrainingConfig(num_threads=args.threads))
+    sim_config = SimulatorConfig(**{**presets[args.preset], **_overrides(SimulatorConfig, args.set)}, seed=args.seed)
+    config = RetrievalConfig(model=TwoTowerConfig(**_overrides(TwoTowerConfig, args.model)),
+                             training=TrainingConfig(**{"num_threads": args.threads,
+                                                        **_overrides(TrainingConfig, args.train)}))
     with tempfile.TemporaryDirectory(prefix="feedrank-retrieval-") as tmp:
         sim = MarketplaceSimulator(sim_config)
         sim.run(Path(tmp) / "logs", progress=False)
@@ -113,9 +109,9 @@ def run_sim(args: argparse.Namespace) -> dict:
         "later_clicks_and_purchases": time_split_queries(log, start_us=split, end_us=end,
                                                          event_types=("click", "purchase")),
     }
-    results = _evaluate(targets, retrievers)
-    results["simulator_expected_recall@500"] = _expected_recall(sim, tt, retrievers["popularity"],
-                                                                targets["later_purchases"])
+    oracle = TruthOracle(sim, log, as_of_us=split)
+    results = _evaluate(targets, {**retrievers, "oracle_truth": oracle})
+    results["simulator_expected_recall@500"] = _expected_recall(oracle, retrievers, targets["later_purchases"])
     if args.artifact:
         from retrieval import save_two_tower
 
@@ -129,23 +125,79 @@ def run_sim(args: argparse.Namespace) -> dict:
     }
 
 
-def _expected_recall(sim, tt, pop, queries: EvaluationQueries) -> dict[str, float]:
+def _overrides(cls, items: list[str]) -> dict:
+    """``KEY=VALUE`` strings as keyword arguments of the dataclass ``cls`` (typed like its defaults)."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in cls.__dataclass_fields__:
+            raise SystemExit(f"{item}: {cls.__name__} has no field {key!r}")
+        default = getattr(cls(), key)
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, tuple):  # comma-separated, typed like the default's first element
+            out[key] = tuple(type(default[0])(v) for v in value.split(",") if v)
+        else:
+            out[key] = type(default)(value)
+    return out
+
+
+class TruthOracle:
+    """A retriever that knows the simulator's truth: each buyer's top ``k`` items by true purchase
+    probability if shown (the request's device and hour; in stock; not bought before ``as_of_us``).
+
+    No model can beat it on any target, so its recall is the ceiling of the comparison: when even
+    the oracle is not 2x popularity on a target, what decides that target is exposure (what the
+    logging policy showed), not taste.
+    """
+
+    DEVICES = ("mobile", "desktop", "tablet")
+
+    def __init__(self, sim, log: EventLog, *, as_of_us: int) -> None:
+        from retrieval.inputs import EVENT_TYPES
+
+        self.sim, self.world = sim, sim.world
+        ev = log.events
+        bought = ev[(ev["ts_us"] < as_of_us) & (ev["type"] == EVENT_TYPES.index("purchase"))]
+        self.bought = bought.groupby("user_id")["item_id"].apply(np.asarray).to_dict()
+
+    def probabilities(self, user: int, device: str | None, hour: int) -> np.ndarray:
+        """True P(purchase | examined) of every item for one request; -1 where not servable."""
+        w = self.world
+        n = w.n_items
+        dev = self.DEVICES.index(device) if device in self.DEVICES else int(w.user_device[user])
+        p = self.sim.purchase_probability(np.full(n, user), np.arange(n), devices=np.full(n, dev),
+                                          hours=np.full(n, hour if hour >= 0 else 20))
+        p = np.where(w.item_in_stock, p, -1.0)
+        p[self.bought.get(int(user), np.zeros(0, np.int64))] = -1.0
+        return p
+
+    def recommend(self, user_ids, context, *, k: int):
+        users = np.atleast_1d(np.asarray(user_ids))
+        devices = np.broadcast_to(np.asarray(context.device if context.device is not None else None, dtype=object),
+                                  users.shape)
+        hours = np.broadcast_to(np.asarray(context.hour if context.hour is not None else -1), users.shape)
+        ids = np.empty((len(users), k), np.int64)
+        scores = np.empty((len(users), k))
+        for i, u in enumerate(users):
+            p = self.probabilities(int(u), devices[i], int(hours[i]))
+            top = np.argsort(-p, kind="stable")[:k]
+            ids[i], scores[i] = top, p[top]
+        return ids, scores
+
+
+def _expected_recall(oracle: TruthOracle, retrievers, queries: EvaluationQueries) -> dict[str, float]:
     """Share of each buyer's true purchase propensity (every item equally exposed, the request's
     device and hour) that the top 500 hold: the simulator's truth, free of the logging policy."""
-    w = sim.world
-    ids_tt, _ = tt.recommend(queries.user_ids, queries.context, k=500)
-    ids_pop, _ = pop.recommend(queries.user_ids, queries.context, k=500)
-    devices = {name: i for i, name in enumerate(("mobile", "desktop", "tablet"))}
-    out = {"two_tower": [], "popularity": [], "oracle": []}
-    items = np.arange(w.n_items)
+    ids = {name: retrievers[name].recommend(queries.user_ids, queries.context, k=500)[0]
+           for name in ("two_tower_exact", "popularity")}
+    out: dict[str, list[float]] = {"two_tower": [], "popularity": [], "oracle": []}
+    hours = np.broadcast_to(np.asarray(queries.context.hour), queries.user_ids.shape)
     for i, u in enumerate(queries.user_ids):
-        dev = devices.get(queries.context.device[i] or "", int(w.user_device[u]))
-        hour = int(np.asarray(queries.context.hour)[i])
-        p = sim.purchase_probability(np.full(w.n_items, u), items, devices=np.full(w.n_items, dev),
-                                     hours=np.full(w.n_items, hour)) * w.item_in_stock
+        p = np.clip(oracle.probabilities(int(u), queries.context.device[i], int(hours[i])), 0.0, None)
         total = p.sum()
-        out["two_tower"].append(p[ids_tt[i]].sum() / total)
-        out["popularity"].append(p[ids_pop[i]].sum() / total)
+        out["two_tower"].append(p[ids["two_tower_exact"][i]].sum() / total)
+        out["popularity"].append(p[ids["popularity"][i]].sum() / total)
         out["oracle"].append(np.sort(p)[-500:].sum() / total)
     return {k: float(np.mean(v)) for k, v in out.items()}
 
@@ -202,6 +254,10 @@ def main() -> None:
     sim.add_argument("--artifact", default="", help="also save the retriever here")
     sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a simulator setting (repeatable), e.g. --set items=50000")
+    sim.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a retrieval training setting (repeatable), e.g. --train logq_weight=0.5")
+    sim.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a two-tower model setting (repeatable), e.g. --model id_dropout=0.5")
     tb = sub.add_parser("taobao", help="the Taobao sample, through features.adapters.taobao")
     tb.add_argument("--data", default="../shared/data/taobao/UserBehavior_head.csv")
     for p in (sim, tb):
