@@ -43,6 +43,7 @@ from features.stream.consumer import ERROR_HEADER, SOURCE_HEADER
 from infra.replay import load_replay, replay_logs
 from infra.services import KafkaBroker, start_kafka
 from infra.stream_cli import open_feature_store
+from tests.kafka_topics import read_messages
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,8 +200,6 @@ def test_an_event_becomes_a_feature_in_the_online_store(broker: KafkaBroker, sto
 
 def test_poison_messages_go_to_the_dead_letter_topic_with_their_reason(broker: KafkaBroker, store,
                                                                        tmp_path: Path) -> None:
-    from kafka import KafkaConsumer, TopicPartition
-
     cfg = _stream_config(broker.bootstrap_servers)
     imp, ev = _now_rows(5, 6, impression_id=1, event_id=1)
     (_, good), = encode_rows("events", ev)
@@ -221,16 +220,7 @@ def test_poison_messages_go_to_the_dead_letter_topic_with_their_reason(broker: K
         consumer.close()
     assert consumer.stats.dead_lettered == 3
 
-    reader = KafkaConsumer(bootstrap_servers=cfg.servers, enable_auto_commit=False, auto_offset_reset="earliest")
-    try:
-        reader.assign([TopicPartition(cfg.dead_letter_topic, p) for p in range(cfg.partitions)])
-        got: list = []
-        deadline = time.monotonic() + 20
-        while len(got) < 3 and time.monotonic() < deadline:
-            for batch in reader.poll(timeout_ms=200).values():
-                got.extend(batch)
-    finally:
-        reader.close()
+    got = read_messages(cfg.servers, [(cfg.dead_letter_topic, p) for p in range(cfg.partitions)], expected=3)
     assert sorted(m.value for m in got) == sorted(poison)
     reasons = {m.value: dict(m.headers)[ERROR_HEADER].decode() for m in got}
     assert reasons[poison[0]].startswith("value: not valid JSON")
@@ -389,8 +379,6 @@ def test_replay_publishes_in_event_time_order_at_the_speedup(broker: KafkaBroker
                                                             feast_config: FeastConfig, data_dir: Path) -> None:
     import json
 
-    from kafka import KafkaConsumer, TopicPartition
-
     from infra.cli import main
 
     logs, _, _ = replay_log
@@ -405,16 +393,7 @@ def test_replay_publishes_in_event_time_order_at_the_speedup(broker: KafkaBroker
                  "--speedup", str(speedup)]) == 0
     assert 1.2 <= time.monotonic() - began < 60
 
-    reader = KafkaConsumer(bootstrap_servers=cfg.servers, enable_auto_commit=False, auto_offset_reset="earliest")
-    try:
-        reader.assign([TopicPartition(t, p) for t in cfg.source_topics for p in range(cfg.partitions)])
-        got: list = []
-        deadline = time.monotonic() + 20
-        while len(got) < 400 and time.monotonic() < deadline:
-            for batch in reader.poll(timeout_ms=200).values():
-                got.extend(batch)
-    finally:
-        reader.close()
+    got = read_messages(cfg.servers, [(t, p) for t in cfg.source_topics for p in range(cfg.partitions)], expected=400)
     assert len(got) == 400
     for (_, _), msgs in itertools.groupby(sorted(got, key=lambda m: (m.topic, m.partition, m.offset)),
                                           key=lambda m: (m.topic, m.partition)):

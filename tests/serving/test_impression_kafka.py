@@ -12,11 +12,10 @@ from features.stream.producer import EventPublisher
 from features.stream.topics import ensure_topics
 from infra.services import start_kafka
 from serving.impression_log import ImpressionBatch, ImpressionLog
+from tests.kafka_topics import read_messages
 
 
 def test_served_impressions_are_published_to_the_impressions_topic(tmp_path):
-    from kafka import KafkaConsumer, TopicPartition
-
     with start_kafka() as broker:
         cfg = StreamConfig(bootstrap_servers=broker.bootstrap_servers, impressions_topic="served.impressions",
                            events_topic="served.events", dead_letter_topic="served.dead-letter", group_id="g-served",
@@ -31,16 +30,7 @@ def test_served_impressions_are_published_to_the_impressions_topic(tmp_path):
         log.close()
         publisher.close()
         assert log.publish_errors == 0 and log.rows_written == 3
-        reader = KafkaConsumer(bootstrap_servers=cfg.servers, enable_auto_commit=False, auto_offset_reset="earliest")
-        try:
-            reader.assign([TopicPartition(cfg.impressions_topic, 0)])
-            got: list = []
-            deadline = time.monotonic() + 20
-            while len(got) < 3 and time.monotonic() < deadline:
-                for batch in reader.poll(timeout_ms=200).values():
-                    got.extend(batch)
-        finally:
-            reader.close()
+        got = read_messages(cfg.servers, [(cfg.impressions_topic, 0)], expected=3)
     rows = [json.loads(m.value) for m in got]
     assert sorted(r["item_id"] for r in rows) == [11, 12, 13]
     assert {r["user_id"] for r in rows} == {7}
