@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,8,32", help="comma-separated calls in flight")
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per level")
-    parser.add_argument("--client-procs", type=int, default=2, help="client processes (at most the concurrency)")
+    parser.add_argument("--client-procs", type=int, default=1,
+                        help="client processes (at most the concurrency); each runs its calls in threads")
     parser.add_argument("--max-workers", type=int, default=8, help="server threads (serving.max_workers)")
     parser.add_argument("--server-procs", type=int, default=1,
                         help="serving processes sharing the port (SO_REUSEPORT); 1 is what feedrank serve runs")

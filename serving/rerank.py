@@ -195,10 +195,12 @@ class Reranker:
         order: list[int] = []
         reasons: dict[int, list[str]] = {}
 
+        noted: set[tuple[int, str]] = set()
+
         def note(i: int, reason: str) -> None:
-            reasons.setdefault(i, [])
-            if reason not in reasons[i]:
-                reasons[i].append(reason)
+            if (i, reason) not in noted:  # items passed over stay on top: most notes repeat
+                noted.add((i, reason))
+                reasons.setdefault(i, []).append(reason)
 
         for j in range(k):
             need_protected = n_prot < mtable[j]
@@ -221,11 +223,14 @@ class Reranker:
                 if not all(protected[s] for s in skipped):
                     note(chosen, NEW_SELLER)
                 skipped = [s for s in skipped if protected[s]]
+            blocked: dict[int, bool] = {}  # per category: does a limit pass it over at this slot?
             for s in skipped:
-                if not relaxed and not self._category_ok(cats[s], cat_count, last_cat, run, cat_cap, max_run):
-                    note(s, CATEGORY)
-                else:
-                    note(s, SELLER)
+                cat_s = cats[s]
+                over = blocked.get(cat_s)
+                if over is None:
+                    over = blocked[cat_s] = not relaxed and not self._category_ok(cat_s, cat_count, last_cat, run,
+                                                                                 cat_cap, max_run)
+                note(s, CATEGORY if over else SELLER)
             remaining.pop(pos)
             order.append(chosen)
             cat = cats[chosen]
