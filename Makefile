@@ -48,7 +48,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy features infra experiments
+	$(VENV)/bin/mypy features retrieval ranking serving experiments infra
 
 # The embedded registry (SQLite + artifacts under <infra.data_dir>/mlflow), loopback only.
 mlflow-ui: install

@@ -613,7 +613,7 @@ class PipelinePolicy:
         from serving.rerank import RerankConfig, Reranker
 
         pipeline = ModelPipeline.from_bundle(
-            bundle_dir, version=version, reranker=Reranker(RerankConfig() if rerank is None else rerank),
+            Path(bundle_dir), version=version, reranker=Reranker(RerankConfig() if rerank is None else rerank),
             exploration=ExplorationConfig() if exploration is None else exploration)
         return cls(pipeline, feed_length=feed_length, candidate_count=candidate_count, name=version)
 

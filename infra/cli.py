@@ -244,10 +244,10 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
     values = {f: getattr(args, f) for f in getattr(args, "flags", ()) if getattr(args, f, None) is not None}
     if not section or not values:
         return {}
-    node: dict = values
+    nested: dict = values
     for part in reversed(section):
-        node = {part: node}
-    return node
+        nested = {part: nested}
+    return nested
 
 
 def main(argv: Sequence[str] | None = None) -> int:

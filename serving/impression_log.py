@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from types import EllipsisType
+from typing import Protocol, Self
 
 import numpy as np
 import pyarrow as pa
@@ -139,7 +140,7 @@ class RollingParquetLog:
     """
 
     def __init__(self, out_dir: str | Path, subdir: str, *, rotate_rows: int = 50_000, rotate_seconds: float = 30.0,
-                 queue_size: int = 10_000, publisher: Callable[[pa.Table], None] | None = None) -> None:
+                 queue_size: int = 10_000, publisher: Callable[[pa.Table], object] | None = None) -> None:
         self.out_dir = Path(out_dir) / subdir
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
@@ -152,7 +153,7 @@ class RollingParquetLog:
         self.publish_errors = 0
         self.files_written = 0
 
-    def start(self) -> RollingParquetLog:
+    def start(self) -> Self:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, name=f"log-{self.out_dir.name}", daemon=True)
         self._thread.start()
@@ -185,6 +186,7 @@ class RollingParquetLog:
         rows, oldest = 0, None
         while True:
             timeout = None if oldest is None else max(0.0, self.rotate_seconds - (time.monotonic() - oldest))
+            batch: _Record | None | EllipsisType
             try:
                 batch = self._queue.get(timeout=timeout)
             except queue.Empty:
@@ -231,7 +233,7 @@ class ImpressionLog(RollingParquetLog):
     """Served impressions (:class:`ImpressionBatch`) under ``<out_dir>/impressions/``."""
 
     def __init__(self, out_dir: str | Path, *, rotate_rows: int = 50_000, rotate_seconds: float = 30.0,
-                 queue_size: int = 10_000, publisher: Callable[[pa.Table], None] | None = None) -> None:
+                 queue_size: int = 10_000, publisher: Callable[[pa.Table], object] | None = None) -> None:
         super().__init__(out_dir, "impressions", rotate_rows=rotate_rows, rotate_seconds=rotate_seconds,
                          queue_size=queue_size, publisher=publisher)
 
