@@ -80,6 +80,11 @@ class FeastUserFeatures:
     realtime_refs : list of str
         Feature references of the real-time (push source) view; may be empty.
     fallback : SnapshotUserFeatures
+
+    A real :class:`feast.FeatureStore` is read through its online store's ``online_read``
+    (:class:`_OnlineReader`), the call ``get_online_features`` makes once per feature view:
+    the same rows and values, without ~0.9 ms per request of request planning and response
+    building around it. Any other store object is called through ``get_online_features``.
     """
 
     def __init__(self, store: Any, *, snapshot_refs: list[str], realtime_refs: list[str],
@@ -88,22 +93,94 @@ class FeastUserFeatures:
         self.snapshot_refs = snapshot_refs
         self.realtime_refs = realtime_refs
         self.fallback = fallback
+        self._snapshot_names = [ref.split(":", 1)[1] for ref in snapshot_refs]
+        self._realtime_names = [ref.split(":", 1)[1] for ref in realtime_refs]
+        self._reader = _OnlineReader.create(store, snapshot_refs + realtime_refs)
+
+    def _read(self, user_id: int) -> dict[str, Any]:
+        """Feature name -> value (None where the store holds none) for every reference."""
+        if self._reader is not None:
+            return self._reader.read(user_id)
+        got = self.store.get_online_features(features=self.snapshot_refs + self.realtime_refs,
+                                             entity_rows=[{"user_id": int(user_id)}]).to_dict()
+        return {name: got[name][0] for name in (*self._snapshot_names, *self._realtime_names)}
 
     def user_rows(self, user_id: int) -> UserRows:
         try:
-            got = self.store.get_online_features(features=self.snapshot_refs + self.realtime_refs,
-                                                 entity_rows=[{"user_id": int(user_id)}]).to_dict()
+            got = self._read(user_id)
         except Exception:  # any failure of the online store takes the defined fallback
             logger.warning("online store read failed for user %s; using the bundle snapshot", user_id,
                            exc_info=True)
             return self.fallback.snapshot_row(user_id), None, ("online_store",)
-        snap = {ref.split(":", 1)[1]: got[ref.split(":", 1)[1]][0] for ref in self.snapshot_refs}
-        rt = {ref.split(":", 1)[1]: got[ref.split(":", 1)[1]][0] for ref in self.realtime_refs}
+        snap = {name: got[name] for name in self._snapshot_names}
+        rt = {name: got[name] for name in self._realtime_names}
         snap_row = None if all(v is None for v in snap.values()) else snap
         rt_row = None if not rt or all(v is None for v in rt.values()) else rt
         if snap_row is None:  # not materialized online (yet): the snapshot may still know the user
             snap_row = self.fallback.snapshot_row(user_id)
         return snap_row, rt_row, ()
+
+
+class _OnlineReader:
+    """One user's features straight from a Feast store's ``OnlineStore.online_read``.
+
+    ``FeatureStore.get_online_features`` plans the request (resolves references, groups them
+    by view, converts and deduplicates entity values), calls ``online_read`` once per view and
+    builds a protobuf response that ``to_dict`` converts back with
+    ``feast_value_type_to_python_type``. For one entity row of one int64 join key the plan is
+    fixed, so it is made here once (views resolved from the registry, the online store built
+    from the repo config as Feast's provider builds it) and a read is just the per-view
+    ``online_read`` and the same value conversion. Features a row lacks are None, as
+    ``to_dict`` gives them.
+    """
+
+    def __init__(self, config: Any, online_store: Any, views: list[tuple[Any, str, list[tuple[str, Any]]]]) -> None:
+        self._config = config
+        self._online_store = online_store
+        self._views = views  # (feature view, join key, [(feature name, its feast ValueType)])
+
+    @classmethod
+    def create(cls, store: Any, refs: list[str]) -> _OnlineReader | None:
+        """A reader for ``refs`` when ``store`` is a feast.FeatureStore they fit; else None."""
+        try:
+            from feast import FeatureStore
+            from feast.infra.online_stores.helpers import get_online_store_from_config
+            from feast.types import Int64
+        except ImportError:
+            return None
+        if not isinstance(store, FeatureStore) or not refs:
+            return None
+        try:
+            by_view: dict[str, list[str]] = {}
+            for ref in refs:
+                view, name = ref.split(":", 1)
+                by_view.setdefault(view, []).append(name)
+            views = []
+            for view, names in by_view.items():
+                fv = store.get_feature_view(view)
+                types = {f.name: f.dtype.to_value_type() for f in fv.features}
+                if len(fv.entity_columns) != 1 or fv.entity_columns[0].dtype != Int64 or set(names) - set(types):
+                    return None  # get_online_features handles (or rejects) these
+                views.append((fv, fv.entity_columns[0].name, [(n, types[n]) for n in names]))
+            return cls(store.config, get_online_store_from_config(store.config.online_store), views)
+        except Exception:  # noqa: BLE001 - the generic path still works (or fails into the fallback)
+            logger.warning("Feast online reads go through get_online_features", exc_info=True)
+            return None
+
+    def read(self, user_id: int) -> dict[str, Any]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import feast_value_type_to_python_type
+
+        out: dict[str, Any] = {}
+        for fv, join_key, features in self._views:
+            key = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=int(user_id))])
+            _, data = self._online_store.online_read(config=self._config, table=fv, entity_keys=[key],
+                                                     requested_features=[name for name, _ in features])[0]
+            for name, vtype in features:
+                value = None if data is None else data.get(name)
+                out[name] = None if value is None else feast_value_type_to_python_type(value, vtype)
+        return out
 
 
 class FeatureAssembler:
