@@ -154,7 +154,7 @@ def load_two_tower(path: str | os.PathLike[str]) -> TwoTowerRetriever:
     index = ItemIndex.load(root / "index.faiss", meta["index"]["kind"], config.index)
     if index.ntotal != len(catalog):
         raise ArtifactError(f"{root}: index.faiss holds {index.ntotal} vectors for {len(catalog)} items")
-    extra = {k: meta[k] for k in ("training_window", "as_of_us", "training") if k in meta}
+    extra = {k: meta[k] for k in ("training_window", "as_of_us", "training", "index_calibration") if k in meta}
     return TwoTowerRetriever(model=model, catalog=catalog, item_vectors=vectors, index=index, popularity=popularity,
                              users=users, config=config, trained_item_ids=trained_items,
                              trained_user_ids=trained_users, metadata={**extra, "metrics": meta.get("metrics", {})})

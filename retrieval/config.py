@@ -184,6 +184,13 @@ class IndexConfig:
         Lists visited per query.
     faiss_threads : int
         ``faiss.omp_set_num_threads`` for searches (1 suits one query at a time).
+    target_recall : float
+        When an HNSW index is built for a trained model, its search beam is raised until the
+        ANN recall against exact search of ``calibration_queries`` users' top K reaches this
+        (0 keeps ``hnsw_ef_search`` as configured). How far the beam must go depends on how
+        the model spreads its vectors, which no fixed setting anticipates.
+    calibration_queries : int
+        Users (sampled from the snapshot, seeded) whose queries calibrate the beam.
     """
 
     exact_threshold: int = 50_000
@@ -194,9 +201,13 @@ class IndexConfig:
     ivf_nlist: int = 0
     ivf_nprobe: int = 64
     faiss_threads: int = 1
+    target_recall: float = 0.95
+    calibration_queries: int = 300
 
     def __post_init__(self) -> None:
         check(self.exact_threshold >= 0, "exact_threshold", ">= 0", self.exact_threshold)
+        check(0.0 <= self.target_recall <= 1.0, "target_recall", "in [0, 1] (0 = no calibration)", self.target_recall)
+        check(self.calibration_queries >= 1, "calibration_queries", ">= 1", self.calibration_queries)
         check(self.ann in _ANN_KINDS, "ann", f"one of {list(_ANN_KINDS)}", self.ann)
         for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe", "faiss_threads"):
             check(getattr(self, name) >= 1, name, ">= 1", getattr(self, name))

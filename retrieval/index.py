@@ -12,6 +12,7 @@ Importing this module imports faiss.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -142,6 +143,36 @@ class ItemIndex:
         with faiss_threads(self.config.faiss_threads):
             scores, rows = self.index.search(q, k, params=params)
         return scores, rows.astype(np.int64)
+
+    def calibrate(self, vectors: np.ndarray, queries: np.ndarray, k: int) -> dict[str, Any]:
+        """Raise an HNSW index's search beam until its recall@k against exact search of ``queries``
+        reaches ``config.target_recall``; returns what was measured (empty when not calibrated).
+
+        ``vectors`` are the indexed vectors (for the exact answers). Beams tried: the configured
+        one (at least k), then 1.5x, 2x, 3x, 4x, 6x and 8x it; the first that reaches the target is
+        kept in ``config.hnsw_ef_search``, else the widest (with a warning).
+        """
+        target = self.config.target_recall
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.kind != "hnsw" or target <= 0 or len(q) == 0 or self.ntotal == 0:
+            return {}
+        k = min(int(k), self.ntotal)
+        scores = q @ np.ascontiguousarray(vectors, dtype=np.float32).T
+        exact = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else np.tile(
+            np.arange(scores.shape[1]), (len(q), 1))
+        base = max(self.config.hnsw_ef_search, k)
+        recall, ef = float("nan"), base
+        for factor in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0):
+            ef = int(base * factor)
+            self.config = dataclasses.replace(self.config, hnsw_ef_search=ef)
+            recall = ann_recall_score(self.search(q, k)[1], exact)
+            if recall >= target:
+                break
+        else:
+            logger.warning("HNSW recall@%d reaches only %.3f at efSearch %d (target %.2f)", k, recall, ef, target)
+        logger.info("HNSW efSearch %d: recall@%d %.4f against exact search (%d queries; target %.2f)", ef, k, recall,
+                    len(q), target)
+        return {"ef_search": ef, "ann_recall": recall, "k": k, "queries": len(q), "target_recall": target}
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index with ``faiss.write_index``."""

@@ -107,7 +107,7 @@ class TwoTowerRetriever(Retriever):
         }
         return cls(model=fitted.model, catalog=fitted.catalog, item_vectors=vectors, index=index,
                    popularity=popularity, users=users, config=config, trained_item_ids=fitted.trained_item_ids,
-                   trained_user_ids=fitted.trained_user_ids, metadata=metadata)
+                   trained_user_ids=fitted.trained_user_ids, metadata=metadata)._calibrate_index()
 
     def with_index(self, index: ItemIndex) -> TwoTowerRetriever:
         """The same retriever searching ``index`` (e.g. exact search, for comparison)."""
@@ -126,7 +126,24 @@ class TwoTowerRetriever(Retriever):
         return TwoTowerRetriever(model=self.model, catalog=catalog, item_vectors=vectors, index=index,
                                  popularity=self.popularity, users=self.state, config=self.retrieval_config,
                                  trained_item_ids=self.trained_item_ids, trained_user_ids=self.trained_user_ids,
-                                 metadata={**self.metadata, "as_of_us": int(as_of_us)})
+                                 metadata={**self.metadata, "as_of_us": int(as_of_us)})._calibrate_index()
+
+    def _calibrate_index(self) -> TwoTowerRetriever:
+        """Raise an HNSW index's search beam until it finds ``index.target_recall`` of the exact
+        top K for a seeded sample of the snapshot's warm users (``IndexConfig.target_recall``);
+        the beam goes into this retriever's config (and so into its saved artifact)."""
+        cfg = self.retrieval_config
+        if self.index.kind != "hnsw" or cfg.index.target_recall <= 0:
+            return self
+        ids = np.asarray(self.state.user_ids, dtype=np.int64)
+        n = min(len(ids), cfg.index.calibration_queries)
+        sample = np.sort(np.random.default_rng(cfg.training.seed).choice(ids, n, replace=False)) if n else ids
+        vectors, warm = self.user_vectors(sample)
+        measured = self.index.calibrate(self.item_vectors, vectors[warm], cfg.serving.k)
+        if measured:
+            self.retrieval_config = dataclasses.replace(cfg, index=self.index.config)
+            self.metadata["index_calibration"] = measured
+        return self
 
     def user_vectors(self, user_ids: np.ndarray, context: RequestContext | None = None) -> tuple[np.ndarray, np.ndarray]:
         """User-tower vectors (float32, shape (n, D)) and whether each user is warm (bool, shape (n,))."""

@@ -78,3 +78,26 @@ def test_save_and_load_round_trip(tmp_path, vectors):
     index.save(tmp_path / "i.faiss")
     loaded = ItemIndex.load(tmp_path / "i.faiss", "hnsw", IndexConfig())
     np.testing.assert_array_equal(index.search(queries, 20)[1], loaded.search(queries, 20)[1])
+
+
+def test_hnsw_calibration_raises_the_beam_until_the_target_recall():
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(40, 16))
+    x = centers[rng.integers(0, 40, 20_000)] + 0.25 * rng.normal(size=(20_000, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    q = x[rng.choice(len(x), 150, replace=False)] + 0.1 * rng.normal(size=(150, 16)).astype(np.float32)
+    k = 50
+    exact = np.argsort(-(q @ x.T), axis=1)[:, :k]
+    # a deliberately weak graph and beam: the configured search misses much of the exact top k
+    config = IndexConfig(exact_threshold=0, hnsw_m=8, hnsw_ef_construction=32, hnsw_ef_search=1, target_recall=0.97)
+    index = ItemIndex.build(x, config, kind="hnsw")
+    before = ann_recall_score(index.search(q, k)[1], exact)
+    measured = index.calibrate(x, q, k)
+    after = ann_recall_score(index.search(q, k)[1], exact)
+    assert before < 0.97 <= measured["ann_recall"]
+    assert after == pytest.approx(measured["ann_recall"])
+    assert index.config.hnsw_ef_search == measured["ef_search"] > k
+    # exact and IVF indexes, and a target of 0, are left alone
+    assert ItemIndex.build(x, config, kind="exact").calibrate(x, q, k) == {}
+    untouched = ItemIndex.build(x, IndexConfig(hnsw_ef_search=64, target_recall=0.0), kind="hnsw")
+    assert untouched.calibrate(x, q, k) == {} and untouched.config.hnsw_ef_search == 64
