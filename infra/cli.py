@@ -252,7 +252,9 @@ def _flag_overrides(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for invalid configuration)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `feedrank serve --processes N` starts N copies of this command
     try:
         config = load_config(args.config, overrides=_flag_overrides(args))
     except ConfigError as exc:

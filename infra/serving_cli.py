@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infra.config import FeedrankConfig
+
+if TYPE_CHECKING:
+    from serving.config import ServingConfig
 
 __all__ = ["add_serving_commands"]
 
 logger = logging.getLogger("feedrank")
+
+# Set in the serving processes `feedrank serve --processes N` starts: the process's index, and the
+# file descriptor on which it reports its port once it accepts calls.
+WORKER_ENV = "FEEDRANK_SERVE_WORKER"
+READY_FD_ENV = "FEEDRANK_SERVE_READY_FD"
+# A serving process that exits sooner than this after it got ready is failing, not crashing once:
+# the supervisor stops instead of restarting it in a loop.
+MIN_UPTIME_SECONDS = 10.0
 
 
 def _cmd_train(args: argparse.Namespace, config: FeedrankConfig) -> int:
@@ -51,8 +64,18 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     from serving.server import serve
 
     serving_cfg = config.serving
-    if args.port is not None:
-        serving_cfg = dataclasses.replace(serving_cfg, port=args.port)
+    port = serving_cfg.port if args.port is None else args.port
+    processes = serving_cfg.processes if args.processes is None else args.processes
+    if processes < 1 or (processes > 1 and port == 0):
+        print(f"feedrank serve: --processes must be >= 1, and > 1 needs a fixed --port (not 0); got "
+              f"{processes} processes on port {port}", file=sys.stderr)
+        return 2
+    serving_cfg = dataclasses.replace(serving_cfg, port=port, processes=processes)
+    worker = os.environ.get(WORKER_ENV)
+    if worker is None and serving_cfg.processes > 1:
+        return _supervise(serving_cfg, list(args.argv))
+    if worker is not None and serving_cfg.metrics_port:  # one Prometheus port per process
+        serving_cfg = dataclasses.replace(serving_cfg, metrics_port=serving_cfg.metrics_port + int(worker))
     log_dir = data_path(config, "serving")
     publisher = None
     if config.features.stream.enabled:  # served impressions also go to Kafka, for the stream consumer
@@ -74,7 +97,7 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     print(f"serving on {serving_cfg.host}:{serving_cfg.port} (champion {router.state.champion.versions.ranker}, "
           f"challenger share {router.state.challenger_share:.0%}); Ctrl-C stops", flush=True)
     try:
-        serve(serving_cfg, router, request_log=requests)
+        serve(serving_cfg, router, request_log=requests, on_ready=_report_ready)
     finally:
         watcher.close()
         impressions.close()
@@ -82,6 +105,96 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
         if publisher is not None:
             publisher.close()
     return 0
+
+
+def _report_ready(port: int) -> None:
+    """Tell the supervisor (when there is one) that this process accepts calls on ``port``."""
+    fd = os.environ.get(READY_FD_ENV)
+    if fd:
+        with os.fdopen(int(fd), "w") as pipe:
+            pipe.write(f"{port}\n")
+
+
+def _supervise(cfg: ServingConfig, argv: list[str]) -> int:
+    """Run ``cfg.processes`` copies of this ``feedrank serve`` command on one port until SIGTERM/SIGINT.
+
+    Each copy is a full serving process (its own router, rollout watcher, logs and, when
+    ``metrics_port`` is set, Prometheus port ``metrics_port + index``); they bind the same port,
+    which gRPC opens with SO_REUSEPORT on Linux, so the kernel spreads connections over them.
+    They start one after another, each once the previous one accepts calls. A process that dies
+    later is started again; one that fails while starting, or dies within
+    ``MIN_UPTIME_SECONDS`` of being ready, stops them all (exit code 1). SIGTERM is passed on,
+    so each drains its calls within ``grace_seconds``; the exit code is 0 when all stopped cleanly.
+    """
+    import select
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    children: dict[int, tuple[subprocess.Popen, float]] = {}  # index -> (process, monotonic time it got ready)
+
+    def start(index: int) -> bool:
+        """Start process ``index`` and wait until it accepts calls; False if it exits first (or on stop)."""
+        read_fd, write_fd = os.pipe()
+        env = {**os.environ, WORKER_ENV: str(index), READY_FD_ENV: str(write_fd)}
+        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", *argv], env=env, pass_fds=(write_fd,))
+        os.close(write_fd)
+        children[index] = (proc, float("inf"))
+        with os.fdopen(read_fd) as pipe:
+            while not stop.is_set():
+                if select.select([pipe], [], [], 0.5)[0]:
+                    if pipe.readline().strip():  # its port; "" when it exited first
+                        children[index] = (proc, time.monotonic())
+                        return True
+                    break
+        if not stop.is_set():
+            print(f"feedrank serve: serving process {index} (pid {proc.pid}) failed to start "
+                  f"(exit code {proc.wait()}); stopping", file=sys.stderr)
+        return False
+
+    def run() -> int:
+        for i in range(cfg.processes):
+            if not start(i):
+                return 0 if stop.is_set() else 1
+        print(f"serving on {cfg.host}:{cfg.port} with {cfg.processes} processes "
+              f"(pids {', '.join(str(p.pid) for p, _ in children.values())}); Ctrl-C stops", flush=True)
+        while not stop.wait(0.5):
+            for i, (proc, ready_at) in list(children.items()):
+                exit_code = proc.poll()
+                if exit_code is None:
+                    continue
+                if time.monotonic() - ready_at < MIN_UPTIME_SECONDS:
+                    print(f"feedrank serve: serving process {i} (pid {proc.pid}) exited with {exit_code} "
+                          f"within {MIN_UPTIME_SECONDS:.0f} s of starting; stopping", file=sys.stderr)
+                    return 1
+                logger.error("serving process %d (pid %d) exited with %d; starting it again", i, proc.pid, exit_code)
+                if not start(i):
+                    return 0 if stop.is_set() else 1
+        return 0
+
+    try:
+        code = run()
+    finally:
+        for proc, _ in children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + cfg.grace_seconds + 30.0  # a process may still be loading its models
+        for proc, _ in children.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                logger.error("serving process pid %d did not stop; killing it", proc.pid)
+                proc.kill()
+                proc.wait()
+    if code == 0 and any(proc.returncode != 0 for proc, _ in children.values()):
+        print("feedrank serve: a serving process did not stop cleanly (exit codes "
+              f"{[proc.returncode for proc, _ in children.values()]})", file=sys.stderr)
+        return 1
+    return code
 
 
 def _cmd_rank(args: argparse.Namespace, config: FeedrankConfig) -> int:
@@ -116,6 +229,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
                        description="Serve RankFeed with the registry's champion (and challenger, per the "
                                    "rollout state); SIGTERM stops it gracefully.")
     p.add_argument("--port", type=int, help="port (default serving.port)")
+    p.add_argument("--processes", type=int,
+                   help="serving processes sharing the port (default serving.processes; one per core)")
     p.add_argument("--features", help="ETL output with the Feast repo (default <data_dir>/train/features)")
     p.set_defaults(func=_cmd_serve)
 

@@ -39,7 +39,10 @@ class ServingConfig:
     Parameters
     ----------
     host, port : where the gRPC server listens (port 0 picks a free one).
-    max_workers : threads answering requests.
+    max_workers : threads answering requests (per process).
+    processes : serving processes ``feedrank serve`` runs on the one port (SO_REUSEPORT, which
+        gRPC sets on Linux; the kernel spreads connections over them). A Python process is bound
+        by its GIL, so a host uses more than one core only through more processes.
     grace_seconds : how long shutdown waits for in-flight calls.
     metrics_port : Prometheus HTTP port on ``host`` (0 disables).
     admin_token_env : environment variable holding the bearer token admin calls need
@@ -52,6 +55,7 @@ class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     max_workers: int = 8
+    processes: int = 1
     grace_seconds: float = 5.0
     metrics_port: int = 0
     admin_token_env: str = "FEEDRANK_ADMIN_TOKEN"
@@ -67,6 +71,8 @@ class ServingConfig:
         check(0 <= self.port <= 65535, "port", "in [0, 65535]", self.port)
         check(0 <= self.metrics_port <= 65535, "metrics_port", "in [0, 65535]", self.metrics_port)
         check(self.max_workers >= 1, "max_workers", ">= 1", self.max_workers)
+        check(self.processes >= 1, "processes", ">= 1", self.processes)
+        check(self.processes == 1 or self.port != 0, "port", "a fixed port (not 0) when processes > 1", self.port)
         check(self.grace_seconds >= 0, "grace_seconds", ">= 0", self.grace_seconds)
         check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_key_file",
               "set together with tls_cert_file", self.tls_key_file)

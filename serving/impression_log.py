@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -217,7 +218,7 @@ class RollingParquetLog:
         if not buffer:
             return
         table = pa.concat_tables(buffer)
-        name = f"part-{time.time_ns()}-{self.files_written:06d}.parquet"
+        name = f"part-{time.time_ns()}-{os.getpid()}-{self.files_written:06d}.parquet"  # processes share a folder
         tmp = self.out_dir / f".{name}.tmp"
         try:
             pq.write_table(table, tmp)

@@ -233,14 +233,19 @@ def stop_gracefully(server: grpc.Server, grace_seconds: float) -> None:
 
 
 def serve(config: ServingConfig, router: Router, *, metrics: ServingMetrics | None = None,
-          request_log: RequestLog | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; expose Prometheus metrics when ``metrics_port`` is set."""
+          request_log: RequestLog | None = None, on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; expose Prometheus metrics when ``metrics_port`` is set.
+
+    ``on_ready(port)`` is called once the port accepts calls.
+    """
     metrics = metrics or ServingMetrics()
     if config.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
     server, port = create_server(config, router, metrics=metrics, request_log=request_log)
+    if on_ready is not None:
+        on_ready(port)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
