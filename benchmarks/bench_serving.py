@@ -236,9 +236,9 @@ def _free_port() -> int:
 
 
 # --------------------------------------------------------------------------- the clients
-def _client_process(address: str, threads: int, seed: int, user_ids: list[int], candidates: int, k: int,
+def _client_process(targets: list[str], seed: int, user_ids: list[int], candidates: int, k: int,
                     t_start: float, t0: float, t1: float, out: Any) -> None:
-    """Closed loop: ``threads`` threads, one call in flight each, from ``t_start`` to ``t1``.
+    """Closed loop: a thread per target (its own connection), one call in flight each, from ``t_start`` to ``t1``.
 
     Puts ``(latencies_ms of calls started in [t0, t1) and finished, errors)`` on ``out``.
     """
@@ -249,8 +249,12 @@ def _client_process(address: str, threads: int, seed: int, user_ids: list[int], 
 
     # one connection per thread (a local subchannel pool), so that several server processes
     # sharing the port through SO_REUSEPORT each get a share of the connections
-    channels = [grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(threads)]
+    # (a target "ipv4:a,b" is every server process's port: gRPC's round_robin policy sends each
+    # call to the next one)
+    channels = [grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]
+                                      + ([("grpc.lb_policy_name", "round_robin")] if "," in target else []))
+                for target in targets]
+    threads = len(channels)
     for channel in channels:
         grpc.channel_ready_future(channel).result(timeout=30)
     lat: list[float] = []
@@ -299,7 +303,7 @@ def _client_process(address: str, threads: int, seed: int, user_ids: list[int], 
     out.put((lat, errors))
 
 
-def run_level(address: str, concurrency: int, *, procs: int, user_ids: np.ndarray, candidates: int, k: int,
+def run_level(targets: list[str], concurrency: int, *, procs: int, user_ids: np.ndarray, candidates: int, k: int,
               warmup: float, duration: float, servers: list[tuple[Any, Any]]) -> dict[str, Any]:
     """One closed-loop run at ``concurrency`` calls in flight; latencies and throughput of its window."""
     ctx = mp.get_context("spawn")  # fork after grpc started is unsafe; the clients import only grpc and stubs
@@ -311,9 +315,12 @@ def run_level(address: str, concurrency: int, *, procs: int, user_ids: np.ndarra
     t_start = time.time() + startup
     t0, t1 = t_start + warmup, t_start + warmup + duration
     ids = [int(u) for u in user_ids]
-    clients = [ctx.Process(target=_client_process, args=(address, n, 1000 * concurrency + p, ids, candidates, k,
-                                                         t_start, t0, t1, queue))
-               for p, n in enumerate(per)]
+    # call g (of all processes' threads) goes through targets[g % len(targets)]: with a port per
+    # server process, the connections are spread evenly over them
+    first = np.cumsum([0] + per)
+    clients = [ctx.Process(target=_client_process, args=(
+        [targets[(first[p] + t) % len(targets)] for t in range(n)], 1000 * concurrency + p, ids, candidates, k,
+        t_start, t0, t1, queue)) for p, n in enumerate(per)]
     for c in clients:
         c.start()
     results = [queue.get(timeout=startup + warmup + duration + 120) for _ in clients]
@@ -328,7 +335,7 @@ def run_level(address: str, concurrency: int, *, procs: int, user_ids: np.ndarra
     stages = {s: np.concatenate([p[s] for p in parts]) for s in STAGES}
     out: dict[str, Any] = {
         "concurrency": concurrency, "client_processes": procs, "server_processes": len(servers),
-        "requests_per_server_process": [int(len(p["total"])) for p in parts],  # SO_REUSEPORT balance
+        "requests_per_server_process": [int(len(p["total"])) for p in parts],  # the balance
         "duration_s": duration,
         "requests": int(len(lat)), "errors": len(errors), "error_codes": sorted(set(errors)),
         "throughput_rps": round(len(lat) / duration, 1),
@@ -389,7 +396,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="client processes (at most the concurrency); each runs its calls in threads")
     parser.add_argument("--max-workers", type=int, default=8, help="server threads (serving.max_workers)")
     parser.add_argument("--server-procs", type=int, default=1,
-                        help="serving processes sharing the port (SO_REUSEPORT); 1 is what feedrank serve runs")
+                        help="serving processes (feedrank serve --processes); see --balance")
+    parser.add_argument("--balance", choices=("reuseport", "ports", "round_robin"), default="reuseport",
+                        help="several server processes: share one port, the kernel spreading connections "
+                             "(reuseport); a port each, client connections spread evenly over them (ports); "
+                             "a port each, every connection rotating its calls over all (gRPC round_robin)")
     parser.add_argument("--no-feast", action="store_true", help="user rows from the bundle snapshot, not Feast")
     parser.add_argument("--work", default="build/bench/serving_work", help="cache of trained bundles")
     parser.add_argument("--quick", action="store_true",
@@ -409,14 +420,23 @@ def main(argv: list[str] | None = None) -> int:
     bundle, features_dir, info = build_bundle(Path(args.work), items=args.items, users=args.users, days=args.days,
                                               seed=args.seed)
     ctx = mp.get_context("spawn")
-    address = f"127.0.0.1:{_free_port()}"  # a fixed port: server processes share it through SO_REUSEPORT
+    if args.balance == "reuseport" or args.server_procs == 1:  # one port, shared through SO_REUSEPORT
+        server_addresses = [f"127.0.0.1:{_free_port()}"] * args.server_procs
+        targets = server_addresses[:1]
+    else:
+        ports: set[int] = set()
+        while len(ports) < args.server_procs:
+            ports.add(_free_port())
+        server_addresses = [f"127.0.0.1:{port}" for port in sorted(ports)]
+        targets = (server_addresses if args.balance == "ports"
+                   else ["ipv4:" + ",".join(server_addresses)])
     with tempfile.TemporaryDirectory(prefix="bench-serving-logs-") as log_dir:
         servers, procs = [], []
         for i in range(args.server_procs):
             commands, replies = ctx.Queue(), ctx.Queue()
             proc = ctx.Process(target=_server_process, args=(
                 str(bundle), str(features_dir), str(Path(log_dir) / f"server{i}"), not args.no_feast,
-                args.max_workers, address, args.candidates, args.k, commands, replies))
+                args.max_workers, server_addresses[i], args.candidates, args.k, commands, replies))
             proc.start()
             servers.append((commands, replies))
             procs.append(proc)
@@ -429,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             levels = []
             for c in levels_c:
                 logger.info("concurrency %d: %.0f s warm-up, %.0f s measured", c, args.warmup, args.duration)
-                levels.append(run_level(address, c, procs=args.client_procs, user_ids=user_ids,
+                levels.append(run_level(targets, c, procs=args.client_procs, user_ids=user_ids,
                                         candidates=args.candidates, k=args.k, warmup=args.warmup,
                                         duration=args.duration, servers=servers))
         finally:
@@ -440,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "serving", "catalog_items": n_items, "candidate_count": args.candidates, "k": args.k,
         "feast_online_users": feast_on, "server_processes": args.server_procs, "server_threads": args.max_workers,
+        "balance": args.balance if args.server_procs > 1 else "one process",
         "bundle": info | _model_sizes(bundle),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "levels": levels, "targets": _verdict(levels),
