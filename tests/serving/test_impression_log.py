@@ -66,3 +66,11 @@ def test_request_log_rows_follow_the_request_metrics_schema(tmp_path):
     table = ds.dataset(tmp_path / "requests", format="parquet").to_table()
     assert table.schema.equals(REQUEST_METRICS_SCHEMA, check_metadata=False)
     assert table["error"].to_pylist() == [False, False, True]
+
+
+def test_position_ids_are_the_stable_ids_of_key_and_position():
+    from serving.impression_log import position_ids, stable_id
+
+    for key in ("req-1", "", "ключ-7", "a\x1fb"):
+        assert position_ids(key, 60) == [stable_id(key, p) for p in range(60)]
+    assert position_ids("req-1", 0) == []
