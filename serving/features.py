@@ -135,9 +135,14 @@ class _OnlineReader:
     """
 
     def __init__(self, config: Any, online_store: Any, views: list[tuple[Any, str, list[tuple[str, Any]]]]) -> None:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import feast_value_type_to_python_type
+
         self._config = config
         self._online_store = online_store
         self._views = views  # (feature view, join key, [(feature name, its feast ValueType)])
+        self._entity_key, self._value, self._to_python = EntityKey, Value, feast_value_type_to_python_type
 
     @classmethod
     def create(cls, store: Any, refs: list[str]) -> _OnlineReader | None:
@@ -168,18 +173,14 @@ class _OnlineReader:
             return None
 
     def read(self, user_id: int) -> dict[str, Any]:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-        from feast.type_map import feast_value_type_to_python_type
-
         out: dict[str, Any] = {}
         for fv, join_key, features in self._views:
-            key = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=int(user_id))])
+            key = self._entity_key(join_keys=[join_key], entity_values=[self._value(int64_val=int(user_id))])
             _, data = self._online_store.online_read(config=self._config, table=fv, entity_keys=[key],
                                                      requested_features=[name for name, _ in features])[0]
             for name, vtype in features:
                 value = None if data is None else data.get(name)
-                out[name] = None if value is None else feast_value_type_to_python_type(value, vtype)
+                out[name] = None if value is None else self._to_python(value, vtype)
         return out
 
 
