@@ -16,8 +16,9 @@ from Feast's SQLite store with the bundle's snapshot as fallback, impressions an
 logged to Parquet, heap frozen after warm-up); the clients are ``--client-procs`` separate
 processes whose threads each keep one call in flight (closed loop) on 127.0.0.1.
 
-End-to-end latency is measured by the clients; the per-stage latencies (``retrieve``,
-``features``, ``score``, ``rerank`` and the handler's ``total``) are the values the server
+End-to-end latency is measured by the clients; the per-stage latencies (``queue``, the wait
+for a ranking slot, then ``retrieve``, ``features``, ``score``, ``rerank`` and the handler's
+``total``) are the values the server
 observes into its Prometheus histogram, recorded exactly here rather than read from buckets.
 The machines are shared: the JSON records the load average before and after each level.
 """
@@ -43,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 logger = logging.getLogger("bench_serving")
 
-STAGES = ("retrieve", "features", "score", "rerank", "total")
+STAGES = ("queue", "retrieve", "features", "score", "rerank", "total")
 PCTS = (50, 95, 99)
 
 
@@ -143,7 +144,7 @@ class _RecordingHistogram:
 
 
 def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool, max_workers: int,
-                 address: str = "127.0.0.1:0"):
+                 address: str = "127.0.0.1:0", ranking_slots: int = 1):
     """The server as ``feedrank serve`` builds it, over one bundle.
 
     Returns a namespace: ``server``, ``port``, ``recorder``, ``closers``, ``known`` (user ids of
@@ -160,7 +161,7 @@ def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool
     from serving.server import create_server
 
     config = load_config(env={}, overrides={})
-    cfg = ServingConfig(max_workers=max_workers, rerank=config.serving.rerank, exploration=config.serving.exploration)
+    cfg = ServingConfig(max_workers=max_workers, ranking_slots=ranking_slots, rerank=config.serving.rerank, exploration=config.serving.exploration)
     impressions = ImpressionLog(log_dir).start()
     requests = RequestLog(log_dir).start()
     user_source = feast_user_source(config, features_dir) if feast and (features_dir / "_feast").is_dir() else None
@@ -187,14 +188,14 @@ def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool
                            pipeline=pipeline, limits=cfg.limits)
 
 
-def _server_process(bundle: str, features_dir: str, log_dir: str, feast: bool, max_workers: int, address: str,
-                    candidates: int, k: int, commands: Any, replies: Any) -> None:
+def _server_process(bundle: str, features_dir: str, log_dir: str, feast: bool, max_workers: int, ranking_slots: int,
+                    address: str, candidates: int, k: int, commands: Any, replies: Any) -> None:
     """One serving process: load, warm up, freeze the heap, then answer ``take``/``stop`` commands."""
     import gc
 
     logging.basicConfig(level=logging.WARNING)
     srv = start_server(Path(bundle), Path(features_dir), log_dir=Path(log_dir), feast=feast,
-                       max_workers=max_workers, address=address)
+                       max_workers=max_workers, ranking_slots=ranking_slots, address=address)
     try:
         _warm(srv, candidates, k)
         gc.collect()
@@ -395,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-procs", type=int, default=1,
                         help="client processes (at most the concurrency); each runs its calls in threads")
     parser.add_argument("--max-workers", type=int, default=8, help="server threads (serving.max_workers)")
+    parser.add_argument("--ranking-slots", type=int, default=1,
+                        help="pipelines a server process computes at once, the rest queue in arrival order "
+                             "(serving.ranking_slots; 0: no limit)")
     parser.add_argument("--server-procs", type=int, default=1,
                         help="serving processes (feedrank serve --processes); see --balance")
     parser.add_argument("--balance", choices=("reuseport", "ports", "round_robin"), default="reuseport",
@@ -436,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             commands, replies = ctx.Queue(), ctx.Queue()
             proc = ctx.Process(target=_server_process, args=(
                 str(bundle), str(features_dir), str(Path(log_dir) / f"server{i}"), not args.no_feast,
-                args.max_workers, server_addresses[i], args.candidates, args.k, commands, replies))
+                args.max_workers, args.ranking_slots, server_addresses[i], args.candidates, args.k, commands, replies))
             proc.start()
             servers.append((commands, replies))
             procs.append(proc)
@@ -460,13 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "serving", "catalog_items": n_items, "candidate_count": args.candidates, "k": args.k,
         "feast_online_users": feast_on, "server_processes": args.server_procs, "server_threads": args.max_workers,
+        "ranking_slots": args.ranking_slots,
         "balance": args.balance if args.server_procs > 1 else "one process",
         "bundle": info | _model_sizes(bundle),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "levels": levels, "targets": _verdict(levels),
     }
     print(f"FeedRanker over gRPC on 127.0.0.1 ({args.server_procs} server process(es), {args.max_workers} threads "
-          f"each): {n_items} items, candidate_count {args.candidates}, k {args.k}, "
+          f"and {args.ranking_slots or 'unlimited'} ranking slot(s) each): {n_items} items, candidate_count {args.candidates}, k {args.k}, "
           f"user rows from {'Feast (SQLite online store)' if feast_on else 'the bundle snapshot'}")
     print(_table(levels))
     for lv in levels:

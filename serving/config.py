@@ -39,7 +39,11 @@ class ServingConfig:
     Parameters
     ----------
     host, port : where the gRPC server listens (port 0 picks a free one).
-    max_workers : threads answering requests (per process).
+    max_workers : threads answering calls (per process).
+    ranking_slots : ranking pipelines a process runs at once; further RankFeed calls wait their
+        turn in arrival order, their deadline still running (0: no limit, every thread computes).
+        A process is bound by its GIL, so more than one only interleaves them
+        (:mod:`serving.admission`).
     processes : serving processes ``feedrank serve`` runs on the one port (SO_REUSEPORT, which
         gRPC sets on Linux; the kernel spreads connections over them). A Python process is bound
         by its GIL, so a host uses more than one core only through more processes.
@@ -55,6 +59,7 @@ class ServingConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     max_workers: int = 8
+    ranking_slots: int = 1
     processes: int = 1
     grace_seconds: float = 5.0
     metrics_port: int = 0
@@ -71,6 +76,7 @@ class ServingConfig:
         check(0 <= self.port <= 65535, "port", "in [0, 65535]", self.port)
         check(0 <= self.metrics_port <= 65535, "metrics_port", "in [0, 65535]", self.metrics_port)
         check(self.max_workers >= 1, "max_workers", ">= 1", self.max_workers)
+        check(self.ranking_slots >= 0, "ranking_slots", ">= 0", self.ranking_slots)
         check(self.processes >= 1, "processes", ">= 1", self.processes)
         check(self.processes == 1 or self.port != 0, "port", "a fixed port (not 0) when processes > 1", self.port)
         check(self.grace_seconds >= 0, "grace_seconds", ">= 0", self.grace_seconds)

@@ -22,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving.admission import FifoGate
 from serving.config import ServingConfig
 from serving.errors import DeadlineExceeded, InvalidArgument, ModelUnavailable, Unauthenticated
 from serving.impression_log import RequestLog, RequestRecord
@@ -111,6 +112,7 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
         self._router = router
         self._metrics = metrics
         self._request_log = request_log
+        self._gate = FifoGate(config.ranking_slots) if config.ranking_slots else None
         self.requests_served = 0
 
     def RankFeed(self, request: pb.RankFeedRequest, context: grpc.ServicerContext) -> pb.RankFeedResponse:  # noqa: N802
@@ -123,7 +125,13 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
             timer = StageTimer()
-            result = pipeline.rank(feed_request, arm=arm, timer=timer, deadline=deadline)
+            if self._gate is None:
+                result = pipeline.rank(feed_request, arm=arm, timer=timer, deadline=deadline)
+            else:
+                with timer.stage("queue"):  # waiting for a ranking slot
+                    held = self._gate.enter(deadline)
+                with held:
+                    result = pipeline.rank(feed_request, arm=arm, timer=timer, deadline=deadline)
             timer.observe(self._metrics, arm)
             for kind in result.fallbacks:
                 self._metrics.fallbacks.labels(kind=kind).inc()
