@@ -20,14 +20,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import EllipsisType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 import pyarrow as pa
@@ -88,26 +86,43 @@ class ImpressionBatch:
     randomized: bool
     device: str | None
 
+    @property
+    def num_rows(self) -> int:
+        return len(self.item_ids)
+
     def to_arrow(self) -> pa.Table:
-        n = len(self.item_ids)
+        return ImpressionBatch.table_of([self])
 
-        def same(value: object, kind: pa.DataType) -> pa.Array:  # a column of one value (10x a list's speed)
-            return pa.repeat(pa.scalar(value, kind), n)
+    @staticmethod
+    def table_of(batches: Sequence[ImpressionBatch]) -> pa.Table:
+        """One table of every batch's rows, in order (built column by column, not batch by batch:
+        the writer thread converts what a drain collected at once)."""
+        counts = np.fromiter((len(b.item_ids) for b in batches), dtype=np.int64, count=len(batches))
+        owner = pa.array(np.repeat(np.arange(len(batches)), counts))  # the batch of each row
 
+        def per_batch(values: list[object], kind: pa.DataType) -> pa.Array:  # one value per batch, per row
+            return pa.array(values, kind).take(owner)
+
+        def joined(arrays: list[np.ndarray], dtype: type) -> pa.Array:
+            return pa.array(np.concatenate([np.asarray(a, dtype=dtype) for a in arrays]) if arrays
+                            else np.zeros(0, dtype=dtype))
+
+        keys = [b.request_key for b in batches]
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
         return pa.Table.from_arrays([
-            pa.array(position_ids(self.request_key, n), pa.int64()),
-            same(stable_id(self.request_key), pa.int64()),
-            same(self.ts_us, pa.timestamp("us", tz="UTC")),
-            same(self.user_id, pa.int64()),
-            pa.array(np.asarray(self.item_ids, dtype=np.int64)),
-            pa.array(np.arange(n, dtype=np.int32)),
-            same(self.policy, pa.string()),
-            same(self.randomized, pa.bool_()),
-            pa.array(np.asarray(self.propensity, dtype=np.float64)),
-            same(self.device, pa.string()),
-            same(self.arm, pa.string()),
-            pa.array(np.asarray(self.scores, dtype=np.float64)),
-            same(self.request_key, pa.string()),
+            pa.array([i for b in batches for i in position_ids(b.request_key, len(b.item_ids))], pa.int64()),
+            per_batch([stable_id(k) for k in keys], pa.int64()),
+            per_batch([b.ts_us for b in batches], pa.timestamp("us", tz="UTC")),
+            per_batch([b.user_id for b in batches], pa.int64()),
+            joined([b.item_ids for b in batches], np.int64),
+            pa.array((np.arange(int(counts.sum())) - starts).astype(np.int32)),
+            per_batch([b.policy for b in batches], pa.string()),
+            per_batch([b.randomized for b in batches], pa.bool_()),
+            joined([b.propensity for b in batches], np.float64),
+            per_batch([b.device for b in batches], pa.string()),
+            per_batch([b.arm for b in batches], pa.string()),
+            joined([b.scores for b in batches], np.float64),
+            per_batch(keys, pa.string()),
         ], schema=LOG_SCHEMA)
 
 
@@ -124,19 +139,29 @@ class RequestRecord:
     error: bool
     status_code: str
 
+    num_rows = 1
+
     def to_arrow(self) -> pa.Table:
+        return RequestRecord.table_of([self])
+
+    @staticmethod
+    def table_of(records: Sequence[RequestRecord]) -> pa.Table:
         return pa.Table.from_pylist([{
-            "request_key": self.request_key, "ts": self.ts_us, "user_id": self.user_id, "arm": self.arm,
-            "model_version": self.model_version, "latency_ms": self.latency_ms, "error": self.error,
-            "status_code": self.status_code}], schema=REQUEST_METRICS_SCHEMA)
+            "request_key": r.request_key, "ts": r.ts_us, "user_id": r.user_id, "arm": r.arm,
+            "model_version": r.model_version, "latency_ms": r.latency_ms, "error": r.error,
+            "status_code": r.status_code} for r in records], schema=REQUEST_METRICS_SCHEMA)
 
 
 class _Record(Protocol):
-    def to_arrow(self) -> pa.Table: ...
+    @property
+    def num_rows(self) -> int: ...
+
+    @staticmethod
+    def table_of(records: Sequence[Any]) -> pa.Table: ...
 
 
 class RollingParquetLog:
-    """Background writer of records (anything with ``to_arrow()``) to rolling Parquet files.
+    """Background writer of records (one record type per log, with ``table_of``) to rolling Parquet files.
 
     Parameters
     ----------
@@ -148,19 +173,33 @@ class RollingParquetLog:
     rotate_seconds : float
         ...or when the oldest buffered row is this old.
     queue_size : int
-        Batches waiting to be written; when full, new batches are dropped and counted
+        Records waiting to be converted; when full, new ones are dropped and counted
         (the response is never slowed down).
     publisher : callable, optional
-        Called with each Arrow batch (e.g. to publish to Kafka).
+        Called with each Arrow batch (e.g. to publish to Kafka): the records of one drain.
+    drain_seconds : float
+        How often the writer thread collects what the request threads enqueued.
+
+    ``log`` only appends to a list under a lock: it wakes nobody. Waking the writer per record
+    (as ``queue.Queue`` does) cost the serving process ~0.9 ms of CPU per request in its two
+    log threads (measured at 151 requests/s; the conversion itself is ~0.1 ms: the rest was
+    thread wake-ups and GIL hand-overs), and each wake-up took the GIL from the ranking thread.
+    The writer wakes every ``drain_seconds`` and converts the whole drain in one table.
     """
 
     def __init__(self, out_dir: str | Path, subdir: str, *, rotate_rows: int = 50_000, rotate_seconds: float = 30.0,
-                 queue_size: int = 10_000, publisher: Callable[[pa.Table], object] | None = None) -> None:
+                 queue_size: int = 10_000, publisher: Callable[[pa.Table], object] | None = None,
+                 drain_seconds: float = 0.1) -> None:
+        if drain_seconds <= 0:
+            raise ValueError(f"drain_seconds must be > 0, got {drain_seconds}")
         self.out_dir = Path(out_dir) / subdir
         self.rotate_rows = rotate_rows
         self.rotate_seconds = rotate_seconds
+        self.queue_size = queue_size
         self.publisher = publisher
-        self._queue: queue.Queue[_Record | None] = queue.Queue(maxsize=queue_size)
+        self.drain_seconds = drain_seconds
+        self._pending: list[_Record] = []
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.rows_written = 0
@@ -170,54 +209,63 @@ class RollingParquetLog:
 
     def start(self) -> Self:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._stop.clear()
         self._thread = threading.Thread(target=self._run, name=f"log-{self.out_dir.name}", daemon=True)
         self._thread.start()
         return self
 
     def log(self, batch: _Record) -> bool:
-        """Enqueue a batch; False (and counted) when the queue is full or the log is closed."""
-        if self._thread is None:
-            with self._lock:
+        """Enqueue a record; False (and counted) when the queue is full or the log is not running."""
+        with self._lock:
+            if self._thread is None or len(self._pending) >= self.queue_size:
                 self.batches_dropped += 1
-            return False
-        try:
-            self._queue.put_nowait(batch)
+                return False
+            self._pending.append(batch)
             return True
-        except queue.Full:
-            with self._lock:
-                self.batches_dropped += 1
-            return False
 
     def close(self, timeout: float = 10.0) -> None:
         """Flush everything queued, write the last file and stop the thread."""
-        if self._thread is None:
+        with self._lock:
+            thread, self._thread = self._thread, None  # later log() calls are dropped and counted
+        if thread is None:
             return
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self._thread = None
+        self._stop.set()
+        thread.join(timeout)
 
     def _run(self) -> None:
         buffer: list[pa.Table] = []
-        rows, oldest = 0, None
+        rows, oldest = 0, 0.0
         while True:
-            timeout = None if oldest is None else max(0.0, self.rotate_seconds - (time.monotonic() - oldest))
-            batch: _Record | None | EllipsisType
-            try:
-                batch = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                batch = ...  # rotation deadline reached
-            if batch is None:
-                self._flush(buffer)
-                return
-            if batch is not ...:
-                table = batch.to_arrow()
+            stopping = self._stop.wait(self.drain_seconds)
+            with self._lock:
+                records, self._pending = self._pending, []
+            start = 0
+            while start < len(records):
+                # convert up to the record that fills the current file, as one table
+                end, room = start, self.rotate_rows - rows
+                while end < len(records) and room > 0:
+                    room -= records[end].num_rows
+                    end += 1
+                chunk, start = records[start:end], end
+                try:
+                    table = type(chunk[0]).table_of(chunk)
+                except Exception:  # a record that cannot be converted must not stop the writer
+                    logger.exception("could not convert %d log records; dropped", len(chunk))
+                    with self._lock:
+                        self.batches_dropped += len(chunk)
+                    continue
                 self._publish(table)
+                oldest = oldest if buffer else time.monotonic()
                 buffer.append(table)
                 rows += table.num_rows
-                oldest = oldest if oldest is not None else time.monotonic()
-            if buffer and (rows >= self.rotate_rows or time.monotonic() - (oldest or 0) >= self.rotate_seconds):
+                if rows >= self.rotate_rows:
+                    self._flush(buffer)
+                    buffer, rows = [], 0
+            if buffer and (stopping or time.monotonic() - oldest >= self.rotate_seconds):
                 self._flush(buffer)
-                buffer, rows, oldest = [], 0, None
+                buffer, rows = [], 0
+            if stopping:
+                return
 
     def _publish(self, table: pa.Table) -> None:
         if self.publisher is None:
@@ -248,15 +296,16 @@ class ImpressionLog(RollingParquetLog):
     """Served impressions (:class:`ImpressionBatch`) under ``<out_dir>/impressions/``."""
 
     def __init__(self, out_dir: str | Path, *, rotate_rows: int = 50_000, rotate_seconds: float = 30.0,
-                 queue_size: int = 10_000, publisher: Callable[[pa.Table], object] | None = None) -> None:
+                 queue_size: int = 10_000, publisher: Callable[[pa.Table], object] | None = None,
+                 drain_seconds: float = 0.1) -> None:
         super().__init__(out_dir, "impressions", rotate_rows=rotate_rows, rotate_seconds=rotate_seconds,
-                         queue_size=queue_size, publisher=publisher)
+                         queue_size=queue_size, publisher=publisher, drain_seconds=drain_seconds)
 
 
 class RequestLog(RollingParquetLog):
     """Per-call request metrics (:class:`RequestRecord`) under ``<out_dir>/requests/``."""
 
     def __init__(self, out_dir: str | Path, *, rotate_rows: int = 50_000, rotate_seconds: float = 30.0,
-                 queue_size: int = 10_000) -> None:
+                 queue_size: int = 10_000, drain_seconds: float = 0.1) -> None:
         super().__init__(out_dir, "requests", rotate_rows=rotate_rows, rotate_seconds=rotate_seconds,
-                         queue_size=queue_size)
+                         queue_size=queue_size, drain_seconds=drain_seconds)

@@ -74,3 +74,34 @@ def test_position_ids_are_the_stable_ids_of_key_and_position():
     for key in ("req-1", "", "ключ-7", "a\x1fb"):
         assert position_ids(key, 60) == [stable_id(key, p) for p in range(60)]
     assert position_ids("req-1", 0) == []
+
+
+def test_one_drain_is_one_table_with_each_feeds_rows_in_order():
+    from serving.impression_log import stable_id
+
+    batches = [batch(i, n) for i, n in enumerate([3, 0, 5, 1])]
+    batches[2] = ImpressionBatch(**{**batches[2].__dict__, "device": None})
+    rows = ImpressionBatch.table_of(batches).to_pylist()
+    expected = [(b, p) for b in batches for p in range(len(b.item_ids))]
+    assert len(rows) == len(expected) == 9
+    for row, (b, p) in zip(rows, expected, strict=True):
+        assert row["impression_id"] == stable_id(b.request_key, p) and row["position"] == p
+        assert row["request_id"] == stable_id(b.request_key) and row["request_key"] == b.request_key
+        assert row["item_id"] == b.item_ids[p] and row["propensity"] == b.propensity[p]
+        assert row["score"] == b.scores[p] and row["user_id"] == b.user_id and row["device"] == b.device
+        assert row["randomized"] == b.randomized and row["policy"] == b.policy
+    assert ImpressionBatch.table_of(batches[:1]).equals(batches[0].to_arrow())
+
+
+def test_a_record_that_cannot_be_converted_is_dropped_and_the_writer_goes_on(tmp_path):
+    log = ImpressionLog(tmp_path, drain_seconds=0.02).start()
+    broken = ImpressionBatch(**{**batch(0).__dict__, "propensity": np.full(3, 0.5)})  # 5 items, 3 propensities
+    assert log.log(broken)
+    deadline = time.monotonic() + 5
+    while log.batches_dropped == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert log.batches_dropped == 1
+    assert log.log(batch(1)) and log.log(batch(2))
+    log.close()
+    assert log.rows_written == 10
+    assert not log.log(batch(3)) and log.batches_dropped == 2  # closed: dropped and counted
