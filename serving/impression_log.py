@@ -100,7 +100,7 @@ class ImpressionBatch:
         counts = np.fromiter((len(b.item_ids) for b in batches), dtype=np.int64, count=len(batches))
         owner = pa.array(np.repeat(np.arange(len(batches)), counts))  # the batch of each row
 
-        def per_batch(values: list[object], kind: pa.DataType) -> pa.Array:  # one value per batch, per row
+        def per_batch(values: Sequence[object], kind: pa.DataType) -> pa.Array:  # one value per batch, per row
             return pa.array(values, kind).take(owner)
 
         def joined(arrays: list[np.ndarray], dtype: type) -> pa.Array:
