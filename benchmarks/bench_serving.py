@@ -403,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="serving processes (feedrank serve --processes); see --balance")
     parser.add_argument("--balance", choices=("reuseport", "ports", "round_robin"), default="reuseport",
                         help="several server processes: share one port, the kernel spreading connections "
-                             "(reuseport); a port each, client connections spread evenly over them (ports); "
+                             "(reuseport: feedrank serve --processes N); a port each, client connections spread evenly over them "
+                             "(ports: feedrank serve --processes N --port-per-process); "
                              "a port each, every connection rotating its calls over all (gRPC round_robin)")
     parser.add_argument("--no-feast", action="store_true", help="user rows from the bundle snapshot, not Feast")
     parser.add_argument("--work", default="build/bench/serving_work", help="cache of trained bundles")

@@ -70,10 +70,13 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
         print(f"feedrank serve: --processes must be >= 1, and > 1 needs a fixed --port (not 0); got "
               f"{processes} processes on port {port}", file=sys.stderr)
         return 2
-    serving_cfg = dataclasses.replace(serving_cfg, port=port, processes=processes)
+    per_process = serving_cfg.port_per_process if args.port_per_process is None else args.port_per_process
+    serving_cfg = dataclasses.replace(serving_cfg, port=port, processes=processes, port_per_process=per_process)
     worker = os.environ.get(WORKER_ENV)
     if worker is None and serving_cfg.processes > 1:
         return _supervise(serving_cfg, list(args.argv))
+    if worker is not None and serving_cfg.port_per_process:
+        serving_cfg = dataclasses.replace(serving_cfg, port=serving_cfg.port + int(worker))
     if worker is not None and serving_cfg.metrics_port:  # one Prometheus port per process
         serving_cfg = dataclasses.replace(serving_cfg, metrics_port=serving_cfg.metrics_port + int(worker))
     log_dir = data_path(config, "serving")
@@ -120,7 +123,8 @@ def _supervise(cfg: ServingConfig, argv: list[str]) -> int:
 
     Each copy is a full serving process (its own router, rollout watcher, logs and, when
     ``metrics_port`` is set, Prometheus port ``metrics_port + index``); they bind the same port,
-    which gRPC opens with SO_REUSEPORT on Linux, so the kernel spreads connections over them.
+    which gRPC opens with SO_REUSEPORT on Linux, so the kernel spreads connections over them
+    (with ``port_per_process``, copy ``index`` binds ``port + index`` instead).
     They start one after another, each once the previous one accepts calls. A process that dies
     later is started again; one that fails while starting, or dies within
     ``MIN_UPTIME_SECONDS`` of being ready, stops them all (exit code 1). SIGTERM is passed on,
@@ -160,7 +164,9 @@ def _supervise(cfg: ServingConfig, argv: list[str]) -> int:
         for i in range(cfg.processes):
             if not start(i):
                 return 0 if stop.is_set() else 1
-        print(f"serving on {cfg.host}:{cfg.port} with {cfg.processes} processes "
+        where = (f"ports {cfg.port}-{cfg.port + cfg.processes - 1} (one each)" if cfg.port_per_process
+                 else f"{cfg.host}:{cfg.port}")
+        print(f"serving on {where} with {cfg.processes} processes "
               f"(pids {', '.join(str(p.pid) for p, _ in children.values())}); Ctrl-C stops", flush=True)
         while not stop.wait(0.5):
             for i, (proc, ready_at) in list(children.items()):
@@ -231,6 +237,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="port (default serving.port)")
     p.add_argument("--processes", type=int,
                    help="serving processes sharing the port (default serving.processes; one per core)")
+    p.add_argument("--port-per-process", action="store_true", default=None,
+                   help="process i listens on port + i instead (default serving.port_per_process)")
     p.add_argument("--features", help="ETL output with the Feast repo (default <data_dir>/train/features)")
     p.set_defaults(func=_cmd_serve)
 

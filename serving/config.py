@@ -47,6 +47,11 @@ class ServingConfig:
     processes : serving processes ``feedrank serve`` runs on the one port (SO_REUSEPORT, which
         gRPC sets on Linux; the kernel spreads connections over them). A Python process is bound
         by its GIL, so a host uses more than one core only through more processes.
+    port_per_process : with several processes, process i listens on ``port + i`` instead, for a
+        load balancer or client that spreads its connections over the ports. The kernel assigns
+        each connection to a shared port's process by a hash, which splits a few long-lived
+        connections unevenly (8 over 2 processes: 4/4 only 27% of the time), and the calls of
+        the busier process wait in a longer queue (docs/serving.md, "One process per core").
     grace_seconds : how long shutdown waits for in-flight calls.
     metrics_port : Prometheus HTTP port on ``host`` (0 disables).
     admin_token_env : environment variable holding the bearer token admin calls need
@@ -61,6 +66,7 @@ class ServingConfig:
     max_workers: int = 8
     ranking_slots: int = 1
     processes: int = 1
+    port_per_process: bool = False
     grace_seconds: float = 5.0
     metrics_port: int = 0
     admin_token_env: str = "FEEDRANK_ADMIN_TOKEN"
@@ -79,6 +85,8 @@ class ServingConfig:
         check(self.ranking_slots >= 0, "ranking_slots", ">= 0", self.ranking_slots)
         check(self.processes >= 1, "processes", ">= 1", self.processes)
         check(self.processes == 1 or self.port != 0, "port", "a fixed port (not 0) when processes > 1", self.port)
+        check(self.port + (self.processes - 1 if self.port_per_process else 0) <= 65535, "port",
+              f"<= {65536 - self.processes} with a port per process", self.port)
         check(self.grace_seconds >= 0, "grace_seconds", ">= 0", self.grace_seconds)
         check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_key_file",
               "set together with tls_cert_file", self.tls_key_file)

@@ -1,4 +1,4 @@
-"""``feedrank serve --processes 2``: two serving processes on one port, as a user starts them.
+"""``feedrank serve --processes 2``: two serving processes on one port (or a port each), as a user starts them.
 
 The real command runs in a subprocess on the session's trained bundle (registry, Feast store);
 calls over many connections all succeed, both processes answer some of them (each process's
@@ -57,12 +57,27 @@ def _wait_for(proc: subprocess.Popen, out: Path, pattern: str, timeout: float) -
     pytest.fail(f"no {pattern!r} within {timeout:.0f} s:\n{out.read_text()[-3000:]}")
 
 
-def test_two_serving_processes_share_the_port_and_stop_on_sigterm(trained, tmp_path):
+def _free_port_pair() -> int:
+    """A port p with p and p + 1 both free."""
+    for _ in range(50):
+        port = _free_port()
+        if port < 65535:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    pytest.fail("no two consecutive free ports")
+
+
+@pytest.mark.parametrize("port_per_process", [False, True], ids=["shared-port", "port-each"])
+def test_two_serving_processes_share_the_port_and_stop_on_sigterm(trained, tmp_path, port_per_process):
     base, report, _ = trained
-    port = _free_port()
+    port = _free_port_pair() if port_per_process else _free_port()
     config = dataclasses.replace(
         base, infra=dataclasses.replace(base.infra, data_dir=str(tmp_path / "data")),
-        serving=dataclasses.replace(base.serving, port=port, processes=2))
+        serving=dataclasses.replace(base.serving, port=port, processes=2, port_per_process=port_per_process))
     # the session's registry and trained features, in a data dir of this test's own (logs land there)
     (tmp_path / "data").mkdir()
     for name in ("mlflow", "train"):
@@ -72,8 +87,8 @@ def test_two_serving_processes_share_the_port_and_stop_on_sigterm(trained, tmp_p
         ready = _wait_for(proc, out, r"with 2 processes \(pids (\d+), (\d+)\)", timeout=240)
         pids = {int(ready.group(1)), int(ready.group(2))}
         users = [str(u) for u in range(1, 25)] + ["999999999"]  # the last one is unknown: cold start
-        for user in users:  # a connection per call: the kernel spreads connections over the two sockets
-            with FeedClient(f"127.0.0.1:{port}") as client:
+        for i, user in enumerate(users):  # a connection per call: the kernel spreads them over the two sockets
+            with FeedClient(f"127.0.0.1:{port + (i % 2 if port_per_process else 0)}") as client:
                 feed = client.rank(user, k=5)
                 assert len(feed.items) == 5
     finally:
