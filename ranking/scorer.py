@@ -233,6 +233,10 @@ def _vector(name: str, values: Any, n: int) -> np.ndarray:
 
 def _standardise_within(values: np.ndarray, group: np.ndarray) -> np.ndarray:
     """``(v - mean_g) / std_g`` per group (0 where a group's values are all equal)."""
+    if len(group) and group[0] == group[-1] and (group == group[0]).all():  # one request: no np.unique sort
+        centred = values - values.mean()
+        std = np.sqrt(np.mean(centred ** 2))
+        return centred / std if std > 0 else np.zeros_like(centred)
     _, inv, counts = np.unique(group, return_inverse=True, return_counts=True)
     mean = np.bincount(inv, weights=values) / counts
     centred = values - mean[inv]
