@@ -230,7 +230,10 @@ class Reranker:
                 if over is None:
                     over = blocked[cat_s] = not relaxed and not self._category_ok(cat_s, cat_count, last_cat, run,
                                                                                  cat_cap, max_run)
-                note(s, CATEGORY if over else SELLER)
+                key = (s, CATEGORY if over else SELLER)
+                if key not in noted:  # note() inlined: this loop revisits the same items slot after slot
+                    noted.add(key)
+                    reasons.setdefault(s, []).append(key[1])
             remaining.pop(pos)
             order.append(chosen)
             cat = cats[chosen]
@@ -257,8 +260,10 @@ class Reranker:
                 break
             if need_protected and not protected[i]:
                 continue
-            if not relax_category and not self._category_ok(cats[i], cat_count, last_cat, run, cat_cap, max_run):
-                continue
+            if not relax_category:  # _category_ok, inlined (the hottest line of re-ranking)
+                cat = cats[i]
+                if cat_count.get(cat, 0) >= cat_cap or (cat == last_cat and run >= max_run):
+                    continue
             n = seller_count.get(sellers[i], 0)
             eff = raw - abs(raw) * (1.0 - penalty**n) if n else raw
             if eff > best_score:
