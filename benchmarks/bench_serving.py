@@ -144,7 +144,7 @@ class _RecordingHistogram:
 
 
 def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool, max_workers: int,
-                 address: str = "127.0.0.1:0", ranking_slots: int = 1):
+                 address: str = "127.0.0.1:0", ranking_slots: int = 1, retrieval_batch: int = 8):
     """The server as ``feedrank serve`` builds it, over one bundle.
 
     Returns a namespace: ``server``, ``port``, ``recorder``, ``closers``, ``known`` (user ids of
@@ -161,7 +161,8 @@ def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool
     from serving.server import create_server
 
     config = load_config(env={}, overrides={})
-    cfg = ServingConfig(max_workers=max_workers, ranking_slots=ranking_slots, rerank=config.serving.rerank, exploration=config.serving.exploration)
+    cfg = ServingConfig(max_workers=max_workers, ranking_slots=ranking_slots, retrieval_batch=retrieval_batch,
+                        rerank=config.serving.rerank, exploration=config.serving.exploration)
     impressions = ImpressionLog(log_dir).start()
     requests = RequestLog(log_dir).start()
     user_source = feast_user_source(config, features_dir) if feast and (features_dir / "_feast").is_dir() else None
@@ -189,13 +190,15 @@ def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool
 
 
 def _server_process(bundle: str, features_dir: str, log_dir: str, feast: bool, max_workers: int, ranking_slots: int,
-                    address: str, candidates: int, k: int, commands: Any, replies: Any) -> None:
+                    retrieval_batch: int, address: str, candidates: int, k: int, commands: Any,
+                    replies: Any) -> None:
     """One serving process: load, warm up, freeze the heap, then answer ``take``/``stop`` commands."""
     import gc
 
     logging.basicConfig(level=logging.WARNING)
     srv = start_server(Path(bundle), Path(features_dir), log_dir=Path(log_dir), feast=feast,
-                       max_workers=max_workers, ranking_slots=ranking_slots, address=address)
+                       max_workers=max_workers, ranking_slots=ranking_slots, retrieval_batch=retrieval_batch,
+                       address=address)
     try:
         _warm(srv, candidates, k)
         gc.collect()
@@ -399,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ranking-slots", type=int, default=1,
                         help="pipelines a server process computes at once, the rest queue in arrival order "
                              "(serving.ranking_slots; 0: no limit)")
+    parser.add_argument("--retrieval-batch", type=int, default=8,
+                        help="calls whose candidates a slot holder fetches in one batch (serving.retrieval_batch)")
     parser.add_argument("--server-procs", type=int, default=1,
                         help="serving processes (feedrank serve --processes); see --balance")
     parser.add_argument("--balance", choices=("reuseport", "ports", "round_robin"), default="reuseport",
@@ -441,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             commands, replies = ctx.Queue(), ctx.Queue()
             proc = ctx.Process(target=_server_process, args=(
                 str(bundle), str(features_dir), str(Path(log_dir) / f"server{i}"), not args.no_feast,
-                args.max_workers, args.ranking_slots, server_addresses[i], args.candidates, args.k, commands, replies))
+                args.max_workers, args.ranking_slots, args.retrieval_batch, server_addresses[i], args.candidates, args.k, commands, replies))
             proc.start()
             servers.append((commands, replies))
             procs.append(proc)
@@ -465,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "serving", "catalog_items": n_items, "candidate_count": args.candidates, "k": args.k,
         "feast_online_users": feast_on, "server_processes": args.server_procs, "server_threads": args.max_workers,
-        "ranking_slots": args.ranking_slots,
+        "ranking_slots": args.ranking_slots, "retrieval_batch": args.retrieval_batch,
         "balance": args.balance if args.server_procs > 1 else "one process",
         "bundle": info | _model_sizes(bundle),
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},

@@ -12,10 +12,12 @@ unique, servable item ids.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 import pandas as pd
@@ -54,6 +56,10 @@ class _Requests:
     devices: np.ndarray  # vocabulary codes, 0 = unknown
     hours: np.ndarray  # -1 = unknown
     segments: np.ndarray  # -1 = global popularity
+
+    def subset(self, members: np.ndarray) -> Self:
+        """The requests at positions ``members`` (every field is per user)."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name)[members] for f in dataclasses.fields(self)})
 
 
 class Retriever(ABC):
@@ -139,9 +145,19 @@ class Retriever(ABC):
         if k_out < k:
             logger.warning("k=%d exceeds the servable catalog (%d items for the most restricted user): returning %d "
                            "ids per user", k, int(n_servable.min()), k_out)
-        n_fetch = min(k_out + max((len(b) for b in blocked), default=0), max(len(self.catalog), 1))
-        rows, scores = self._candidates(requests, n_fetch) if n and k_out else (np.zeros((n, 0), np.int64),
-                                                                                np.zeros((n, 0), np.float32))
+        # Each user's own fetch size (its k plus what it may not get), and one search per size: a
+        # user's candidates are then what it gets alone, whatever else is in the batch (an
+        # approximate index's beam grows with the fetch size, so a shared, larger fetch would
+        # change them slightly).
+        n_fetch = np.minimum(k_out + np.array([len(b) for b in blocked], dtype=np.int64), max(len(self.catalog), 1))
+        width = int(n_fetch.max()) if n and k_out else 0
+        rows = np.full((n, width), -1, dtype=np.int64)
+        scores = np.zeros((n, width), dtype=np.float32)
+        for size in (np.unique(n_fetch).tolist() if width else []):
+            members = np.flatnonzero(n_fetch == size)
+            part = requests if len(members) == n else requests.subset(members)
+            got_rows, got_scores = self._candidates(part, size)  # (members, <= size)
+            rows[members, :got_rows.shape[1]], scores[members, :got_rows.shape[1]] = got_rows, got_scores
         out_ids = np.empty((n, k_out), dtype=np.int64)
         out_scores = np.empty((n, k_out), dtype=np.float32)
         for i in range(n):

@@ -44,41 +44,54 @@ class FifoGate:
         self.slots = slots
         self._lock = threading.Lock()
         self._free = slots
-        self._waiting: deque[threading.Event] = deque()
+        self._waiting: deque[tuple[threading.Event, object]] = deque()
 
     @property
     def waiting(self) -> int:
         """Calls queued for a slot now."""
         return len(self._waiting)
 
-    def acquire(self, deadline: float | None = None) -> None:
-        """Take a slot, waiting behind every earlier caller; raise DeadlineExceeded past ``deadline``."""
+    def queued(self) -> list[object]:
+        """The ``ticket`` of each waiting caller that passed one, in arrival order."""
+        with self._lock:
+            return [ticket for _, ticket in self._waiting if ticket is not None]
+
+    def acquire(self, deadline: float | None = None, ticket: object = None) -> None:
+        """Take a slot, waiting behind every earlier caller; raise DeadlineExceeded past ``deadline``.
+
+        ``ticket`` (any object) is what :meth:`queued` shows of this caller while it waits: a
+        slot holder may do work for the callers queued behind it (``serving.server`` fetches
+        their candidates in one batch with its own).
+        """
         with self._lock:
             if self._free > 0 and not self._waiting:
                 self._free -= 1
                 return
             turn = threading.Event()
-            self._waiting.append(turn)
+            self._waiting.append((turn, ticket))
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         if turn.wait(timeout):
             return  # the releasing caller handed its slot over to this one
         with self._lock:
             if turn.is_set():  # handed over between the timeout and the lock
                 return
-            self._waiting.remove(turn)
+            for i, (event, _) in enumerate(self._waiting):  # by identity: tickets need not compare
+                if event is turn:
+                    del self._waiting[i]
+                    break
         raise DeadlineExceeded("deadline passed while waiting for a ranking slot")
 
     def release(self) -> None:
         """Give the slot to the longest-waiting caller, or free it."""
         with self._lock:
             if self._waiting:
-                self._waiting.popleft().set()
+                self._waiting.popleft()[0].set()
             else:
                 self._free += 1
 
-    def enter(self, deadline: float | None = None) -> _Held:
+    def enter(self, deadline: float | None = None, ticket: object = None) -> _Held:
         """Context manager: acquire on entry (honouring ``deadline``), release on exit."""
-        self.acquire(deadline)
+        self.acquire(deadline, ticket)
         return _Held(self)
 
 

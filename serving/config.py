@@ -44,6 +44,10 @@ class ServingConfig:
         turn in arrival order, their deadline still running (0: no limit, every thread computes).
         A process is bound by its GIL, so more than one only interleaves them
         (:mod:`serving.admission`).
+    retrieval_batch : with ranking slots, the slot holder fetches candidates for itself and up to
+        ``retrieval_batch - 1`` calls queued behind it (same arm) in one retriever call: one user
+        tower pass and one index search for several users cost about half as much per user
+        (1 disables it).
     processes : serving processes ``feedrank serve`` runs on the one port (SO_REUSEPORT, which
         gRPC sets on Linux; the kernel spreads connections over them). A Python process is bound
         by its GIL, so a host uses more than one core only through more processes.
@@ -65,6 +69,7 @@ class ServingConfig:
     port: int = 50051
     max_workers: int = 8
     ranking_slots: int = 1
+    retrieval_batch: int = 8
     processes: int = 1
     port_per_process: bool = False
     grace_seconds: float = 5.0
@@ -83,6 +88,7 @@ class ServingConfig:
         check(0 <= self.metrics_port <= 65535, "metrics_port", "in [0, 65535]", self.metrics_port)
         check(self.max_workers >= 1, "max_workers", ">= 1", self.max_workers)
         check(self.ranking_slots >= 0, "ranking_slots", ">= 0", self.ranking_slots)
+        check(self.retrieval_batch >= 1, "retrieval_batch", ">= 1", self.retrieval_batch)
         check(self.processes >= 1, "processes", ">= 1", self.processes)
         check(self.processes == 1 or self.port != 0, "port", "a fixed port (not 0) when processes > 1", self.port)
         check(self.port + (self.processes - 1 if self.port_per_process else 0) <= 65535, "port",

@@ -10,7 +10,7 @@ two-tower artifacts), ``ranking/`` (ranker, purchase model, calibrator, compiled
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -71,16 +71,14 @@ class ModelPipeline(PipelineBase):
         self.assembler = assembler
         self.use_margin = use_margin
 
-    def _score(self, request: FeedRequest, timer: StageTimer, deadline: float | None) -> Scored:
-        from retrieval.retriever import RequestContext
-
+    def _score(self, request: FeedRequest, timer: StageTimer, deadline: float | None,
+               candidates: np.ndarray | None = None) -> Scored:
         _check_deadline(deadline, "retrieval")
-        with timer.stage("retrieve"):
-            ids, _ = self.retriever.recommend([request.user_id], RequestContext(device=request.device,
-                                                                                  hour=request.hour),
-                                              k=request.candidate_count, exclude=[request.exclude_item_ids])
-            rows = self.snapshot.rows(ids[0])
-            rows = rows[rows >= 0]
+        if candidates is not None:
+            rows = candidates
+        else:
+            with timer.stage("retrieve"):
+                rows = self._retrieve([request])[0]
         _check_deadline(deadline, "features")
         with timer.stage("features"):
             user_row, rt_row, fallbacks = self.users.user_rows(request.user_id)
@@ -94,6 +92,42 @@ class ModelPipeline(PipelineBase):
             scored = self.scorer.score(X, price=self.snapshot.price[rows], margin=margin)
         return Scored(rows=rows, score=scored.score, p_purchase=scored.purchase_probability,
                       expected_gmv=scored.expected_gmv, fallbacks=tuple(fallbacks))
+
+    def _retrieve(self, requests: Sequence[FeedRequest]) -> list[np.ndarray]:
+        """Snapshot rows of each request's candidates, from one retriever call (same candidate_count)."""
+        from retrieval.retriever import RequestContext
+
+        ids, _ = self.retriever.recommend([r.user_id for r in requests],
+                                          RequestContext(device=[r.device for r in requests],
+                                                         hour=[r.hour for r in requests]),
+                                          k=requests[0].candidate_count,
+                                          exclude=[r.exclude_item_ids for r in requests])
+        if ids.shape[1] < requests[0].candidate_count and len(requests) > 1:
+            # a catalog too small for k: the retriever returns the batch's smallest k', which a
+            # request alone might exceed, so each is asked on its own
+            return [self._retrieve([r])[0] for r in requests]
+        out = []
+        for row_ids in ids:
+            rows = self.snapshot.rows(row_ids)
+            out.append(rows[rows >= 0])
+        return out
+
+    def retrieve_many(self, requests: Sequence[FeedRequest]) -> list[np.ndarray | None]:
+        """One two-tower + FAISS call per candidate_count for all ``requests`` (4 users in one call
+        cost ~0.6 ms each instead of ~1.1-1.3 ms alone: one tower pass and one index search)."""
+        out: list[np.ndarray | None] = [None] * len(requests)
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(r.candidate_count, []).append(i)
+        for members in groups.values():
+            try:
+                found = self._retrieve([requests[i] for i in members])
+            except Exception:  # noqa: BLE001 - each request then retrieves on its own (and fails alone)
+                logger.warning("batched retrieval failed; the requests retrieve one by one", exc_info=True)
+                continue
+            for i, rows in zip(members, found, strict=True):
+                out[i] = rows
+        return out
 
     @classmethod
     def from_bundle(cls, bundle_dir: str | Path, *, version: str, reranker: Reranker, exploration: ExplorationConfig,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,15 +67,25 @@ class PipelineBase(ABC):
         return len(self.snapshot), self.snapshot.loaded_at
 
     @abstractmethod
-    def _score(self, request: FeedRequest, timer: StageTimer, deadline: float | None) -> Scored:
-        """Retrieve candidates for ``request`` and score them (stages ``retrieve``, ``features``, ``score``)."""
+    def _score(self, request: FeedRequest, timer: StageTimer, deadline: float | None,
+               candidates: np.ndarray | None = None) -> Scored:
+        """Retrieve candidates for ``request`` and score them (stages ``retrieve``, ``features``, ``score``).
+
+        ``candidates`` are snapshot rows :meth:`retrieve_many` already fetched (no ``retrieve`` stage then).
+        """
+
+    def retrieve_many(self, requests: Sequence[FeedRequest]) -> list[np.ndarray | None]:
+        """Candidates (snapshot rows) of several requests fetched in one batch, for :meth:`rank`'s
+        ``candidates``; None for a request this pipeline leaves to :meth:`rank` (the default: all)."""
+        return [None] * len(requests)
 
     def _purchased(self, request: FeedRequest) -> np.ndarray | None:
         """Items the user already bought (filtered out); None when unknown."""
         return None
 
-    def rank(self, request: FeedRequest, *, arm: str, timer: StageTimer, deadline: float | None) -> FeedResult:
-        scored = self._score(request, timer, deadline)
+    def rank(self, request: FeedRequest, *, arm: str, timer: StageTimer, deadline: float | None,
+             candidates: np.ndarray | None = None) -> FeedResult:
+        scored = self._score(request, timer, deadline, candidates)
         _check_deadline(deadline, "re-ranking")
         snap = self.snapshot
         with timer.stage("rerank"):
@@ -105,7 +116,8 @@ class PipelineBase(ABC):
 class PopularityPipeline(PipelineBase):
     """Most popular in-stock items; p_purchase and expected GMV are 0 (no purchase model here)."""
 
-    def _score(self, request: FeedRequest, timer: StageTimer, deadline: float | None) -> Scored:
+    def _score(self, request: FeedRequest, timer: StageTimer, deadline: float | None,
+               candidates: np.ndarray | None = None) -> Scored:
         _check_deadline(deadline, "retrieval")
         with timer.stage("retrieve"):
             rows = self.snapshot.popular_rows(request.candidate_count)

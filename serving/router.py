@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from serving.metrics import StageTimer
 from serving.requests import FeedRequest
@@ -55,8 +57,14 @@ class FeedPipeline(Protocol):
 
     versions: ModelVersions
 
-    def rank(self, request: FeedRequest, *, arm: str, timer: StageTimer, deadline: float | None) -> FeedResult:
-        """Rank a feed for ``request``; ``deadline`` is a ``time.monotonic()`` instant or None."""
+    def rank(self, request: FeedRequest, *, arm: str, timer: StageTimer, deadline: float | None,
+             candidates: np.ndarray | None = None) -> FeedResult:
+        """Rank a feed for ``request``; ``deadline`` is a ``time.monotonic()`` instant or None;
+        ``candidates`` as :meth:`retrieve_many` returned them (None: retrieve now)."""
+        ...
+
+    def retrieve_many(self, requests: Sequence[FeedRequest]) -> list[np.ndarray | None]:
+        """Candidates of several requests in one batch (None where the pipeline does not batch)."""
         ...
 
 

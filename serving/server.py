@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -29,8 +30,8 @@ from serving.impression_log import RequestLog, RequestRecord
 from serving.metrics import ServingMetrics, StageTimer
 from serving.proto_gen import feedrank_pb2 as pb
 from serving.proto_gen import feedrank_pb2_grpc as pb_grpc
-from serving.requests import parse_request
-from serving.router import ModelVersions, Router
+from serving.requests import FeedRequest, parse_request
+from serving.router import FeedPipeline, ModelVersions, Router
 
 __all__ = ["create_server", "serve", "FeedRankerService", "AdminService"]
 
@@ -103,6 +104,18 @@ class AdminAuthInterceptor(grpc.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
+class _Ticket:
+    """A call waiting for a ranking slot, as the slot holder sees it (``FifoGate.queued``)."""
+
+    __slots__ = ("request", "pipeline", "candidates", "claimed")
+
+    def __init__(self, request: FeedRequest, pipeline: FeedPipeline) -> None:
+        self.request = request
+        self.pipeline = pipeline
+        self.candidates: np.ndarray | None = None
+        self.claimed = False
+
+
 class FeedRankerService(pb_grpc.FeedRankerServicer):
     """RankFeed: validate, route to an arm, run that arm's pipeline, answer."""
 
@@ -113,7 +126,33 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
         self._metrics = metrics
         self._request_log = request_log
         self._gate = FifoGate(config.ranking_slots) if config.ranking_slots else None
+        self._claim_lock = threading.Lock()
         self.requests_served = 0
+
+    def _retrieve_for_queue(self, ticket: _Ticket) -> None:
+        """Fetch the candidates of ``ticket`` and of the calls queued behind it for the same arm in one batch.
+
+        A call whose turn comes later finds its candidates ready and skips retrieval (its
+        ``retrieve`` stage is not observed; the batch's time is this call's). Alone in the
+        queue, a call retrieves in ``rank`` as usual.
+        """
+        assert self._gate is not None
+        with self._claim_lock:  # with several slots, two holders must not take the same calls
+            batch = [t for t in self._gate.queued() if isinstance(t, _Ticket) and t.pipeline is ticket.pipeline
+                     and not t.claimed and t.candidates is None][:self._config.retrieval_batch - 1]
+            for t in batch:
+                t.claimed = True
+        if not batch:
+            return
+        batch.insert(0, ticket)
+        try:
+            found = ticket.pipeline.retrieve_many([t.request for t in batch])
+        except Exception:  # noqa: BLE001 - then every call retrieves on its own, as without batching
+            logger.warning("batched retrieval failed", exc_info=True)
+            found = [None] * len(batch)
+        for t, rows in zip(batch, found, strict=True):
+            t.candidates = rows
+            t.claimed = False
 
     def RankFeed(self, request: pb.RankFeedRequest, context: grpc.ServicerContext) -> pb.RankFeedResponse:  # noqa: N802
         start = time.perf_counter()
@@ -128,10 +167,15 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
             if self._gate is None:
                 result = pipeline.rank(feed_request, arm=arm, timer=timer, deadline=deadline)
             else:
+                ticket = _Ticket(feed_request, pipeline)
                 with timer.stage("queue"):  # waiting for a ranking slot
-                    held = self._gate.enter(deadline)
+                    held = self._gate.enter(deadline, ticket)
                 with held:
-                    result = pipeline.rank(feed_request, arm=arm, timer=timer, deadline=deadline)
+                    if ticket.candidates is None and self._config.retrieval_batch > 1:
+                        with timer.stage("retrieve"):
+                            self._retrieve_for_queue(ticket)
+                    result = pipeline.rank(feed_request, arm=arm, timer=timer, deadline=deadline,
+                                           candidates=ticket.candidates)
             timer.observe(self._metrics, arm)
             for kind in result.fallbacks:
                 self._metrics.fallbacks.labels(kind=kind).inc()

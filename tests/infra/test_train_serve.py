@@ -76,6 +76,29 @@ def test_served_feeds_come_from_the_registered_models(served, trained):
     assert len(cold.items) == 10 and "cold_start" in cold.fallbacks
 
 
+def test_candidates_fetched_in_one_batch_give_the_feeds_of_calls_alone(served):
+    from serving.config import LimitsConfig
+    from serving.metrics import StageTimer
+    from serving.proto_gen import feedrank_pb2 as pb
+    from serving.requests import parse_request
+
+    _, router = served
+    pipeline = router.state.champion
+    requests = [parse_request(pb.RankFeedRequest(
+        request_id=f"b{i}", user_id=str(user), k=15, candidate_count=(200, 200, 120)[i % 3],
+        exclude_item_ids=[] if i % 2 else [1, 2, 3], context=pb.Context(device=("mobile", "desktop", "")[i % 3],
+                                                                      hour=(i * 5) % 24)), LimitsConfig())
+        for i, user in enumerate([1, 2, 3, 4, 5, 10**9, 7])]  # one unknown user: cold start in the batch
+    batched = pipeline.retrieve_many(requests)
+    assert all(rows is not None for rows in batched)
+    for request, rows in zip(requests, batched, strict=True):
+        alone = pipeline.rank(request, arm="champion", timer=StageTimer(), deadline=None)
+        timer = StageTimer()
+        got = pipeline.rank(request, arm="champion", timer=timer, deadline=None, candidates=rows)
+        assert "retrieve" not in timer.stages_ms
+        assert [(it.item_id, it.reasons) for it in got.items] == [(it.item_id, it.reasons) for it in alone.items]
+
+
 def test_online_store_down_takes_the_snapshot_fallback(served):
     client, router = served
 

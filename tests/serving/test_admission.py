@@ -6,15 +6,18 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.admission import FifoGate
-from serving.config import ServingConfig
+from serving.config import LimitsConfig, ServingConfig
 from serving.errors import DeadlineExceeded
-from serving.pipeline import PopularityPipeline
+from serving.metrics import StageTimer
+from serving.pipeline import PopularityPipeline, Scored
 from serving.proto_gen import feedrank_pb2 as pb
 from serving.proto_gen import feedrank_pb2_grpc as pb_grpc
+from serving.requests import parse_request
 from serving.router import Router, RouterState
 from serving.server import create_server, stop_gracefully
 
@@ -100,10 +103,10 @@ class _HeldPipeline(PopularityPipeline):
         super().__init__(*args, **kwargs)
         self.started, self.release = started, release
 
-    def _score(self, request, timer, deadline):
+    def _score(self, request, timer, deadline, candidates=None):
         self.started.set()
         assert self.release.wait(10)
-        return super()._score(request, timer, deadline)
+        return super()._score(request, timer, deadline, candidates)
 
 
 def test_over_grpc_a_queued_call_honours_its_deadline_and_health_answers_meanwhile(snapshot, make_state):
@@ -137,3 +140,62 @@ def test_over_grpc_a_queued_call_honours_its_deadline_and_health_answers_meanwhi
 def test_ranking_slots_is_validated():
     with pytest.raises(ValueError, match="ranking_slots"):
         ServingConfig(ranking_slots=-1)
+
+
+class _BatchingPipeline(_HeldPipeline):
+    """Fetches queued calls' candidates in one batch (popular rows) and records each batch's size."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[list[str]] = []
+
+    def retrieve_many(self, requests):
+        self.batches.append([r.request_id for r in requests])
+        return [self.snapshot.popular_rows(r.candidate_count) for r in requests]
+
+    def _score(self, request, timer, deadline, candidates=None):
+        if request.request_id == "first":
+            self.started.set()
+            assert self.release.wait(10)
+        if candidates is None:
+            return PopularityPipeline._score(self, request, timer, deadline)
+        assert request.request_id in {i for b in self.batches for i in b}
+        pop = self.snapshot.popularity[candidates]
+        return Scored(rows=candidates, score=pop, p_purchase=np.zeros(len(pop)), expected_gmv=np.zeros(len(pop)))
+
+
+def test_the_slot_holder_fetches_candidates_for_the_calls_queued_behind_it(snapshot, make_state):
+    started, release = threading.Event(), threading.Event()
+    base = make_state(snapshot, "v1").champion
+    pipeline = _BatchingPipeline(snapshot=base.snapshot, reranker=base.reranker, exploration=base.exploration,
+                                 versions=base.versions, started=started, release=release)
+    router = Router(lambda: RouterState(champion=pipeline, challenger=None, challenger_share=0.0, salt="s"))
+    srv, port = create_server(ServingConfig(max_workers=8, ranking_slots=1, retrieval_batch=3), router,
+                              address="127.0.0.1:0")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.FeedRankerStub(channel)
+    feeds = {}
+    try:
+        first = stub.RankFeed.future(pb.RankFeedRequest(request_id="first", user_id="1", k=5, candidate_count=50),
+                                     timeout=10)
+        assert started.wait(5)  # "first" holds the slot; four calls queue behind it
+        queued = {}
+        for i in range(4):
+            queued[f"q{i}"] = stub.RankFeed.future(
+                pb.RankFeedRequest(request_id=f"q{i}", user_id=str(10 + i), k=5, candidate_count=50), timeout=10)
+            _wait_for(lambda n=i + 1: srv.feed_service._gate.waiting == n)
+        release.set()
+        feeds = {key: [it.item_id for it in f.result().items] for key, f in {"first": first, **queued}.items()}
+    finally:
+        release.set()
+        channel.close()
+        stop_gracefully(srv, 1.0)
+    # q0 takes the slot and fetches its own and the next two calls' candidates (retrieval_batch 3);
+    # q3, alone in the queue when its turn comes, retrieves in rank as usual
+    assert pipeline.batches == [["q0", "q1", "q2"]]
+    for key, items in feeds.items():  # the same feeds as the unbatched pipeline gives
+        request = parse_request(pb.RankFeedRequest(request_id=key, user_id=str(10 + int(key[1:]) if key != "first"
+                                                                                  else 1), k=5, candidate_count=50),
+                                LimitsConfig())
+        assert items == [it.item_id for it in base.rank(request, arm="champion", timer=StageTimer(),
+                                                         deadline=None).items]
