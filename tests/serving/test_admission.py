@@ -109,15 +109,21 @@ class _HeldPipeline(PopularityPipeline):
         return super()._score(request, timer, deadline, candidates)
 
 
-def test_over_grpc_a_queued_call_honours_its_deadline_and_health_answers_meanwhile(snapshot, make_state):
-    started, release = threading.Event(), threading.Event()
+def _serve_held(kind, snapshot, make_state, config: ServingConfig):
+    """A server whose only arm is a ``kind`` pipeline over the popularity one; ``(pipeline, server, channel, stub)``."""
     base = make_state(snapshot, "v1").champion
-    held = _HeldPipeline(snapshot=base.snapshot, reranker=base.reranker, exploration=base.exploration,
-                         versions=base.versions, started=started, release=release)
-    router = Router(lambda: RouterState(champion=held, challenger=None, challenger_share=0.0, salt="s"))
-    srv, port = create_server(ServingConfig(max_workers=4, ranking_slots=1), router, address="127.0.0.1:0")
+    pipeline = kind(snapshot=base.snapshot, reranker=base.reranker, exploration=base.exploration,
+                    versions=base.versions, started=threading.Event(), release=threading.Event())
+    router = Router(lambda: RouterState(champion=pipeline, challenger=None, challenger_share=0.0, salt="s"))
+    srv, port = create_server(config, router, address="127.0.0.1:0")
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = pb_grpc.FeedRankerStub(channel)
+    return pipeline, srv, channel, pb_grpc.FeedRankerStub(channel)
+
+
+def test_over_grpc_a_queued_call_honours_its_deadline_and_health_answers_meanwhile(snapshot, make_state):
+    held, srv, channel, stub = _serve_held(_HeldPipeline, snapshot, make_state,
+                                           ServingConfig(max_workers=4, ranking_slots=1))
+    started, release = held.started, held.release
     try:
         first = stub.RankFeed.future(pb.RankFeedRequest(request_id="a", user_id="1", k=5, candidate_count=50),
                                      timeout=10)
@@ -165,15 +171,10 @@ class _BatchingPipeline(_HeldPipeline):
 
 
 def test_the_slot_holder_fetches_candidates_for_the_calls_queued_behind_it(snapshot, make_state):
-    started, release = threading.Event(), threading.Event()
+    pipeline, srv, channel, stub = _serve_held(_BatchingPipeline, snapshot, make_state,
+                                               ServingConfig(max_workers=8, ranking_slots=1, retrieval_batch=3))
+    started, release = pipeline.started, pipeline.release
     base = make_state(snapshot, "v1").champion
-    pipeline = _BatchingPipeline(snapshot=base.snapshot, reranker=base.reranker, exploration=base.exploration,
-                                 versions=base.versions, started=started, release=release)
-    router = Router(lambda: RouterState(champion=pipeline, challenger=None, challenger_share=0.0, salt="s"))
-    srv, port = create_server(ServingConfig(max_workers=8, ranking_slots=1, retrieval_batch=3), router,
-                              address="127.0.0.1:0")
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    stub = pb_grpc.FeedRankerStub(channel)
     feeds = {}
     try:
         first = stub.RankFeed.future(pb.RankFeedRequest(request_id="first", user_id="1", k=5, candidate_count=50),
