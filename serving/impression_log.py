@@ -90,9 +90,6 @@ class ImpressionBatch:
     def num_rows(self) -> int:
         return len(self.item_ids)
 
-    def to_arrow(self) -> pa.Table:
-        return ImpressionBatch.table_of([self])
-
     @staticmethod
     def table_of(batches: Sequence[ImpressionBatch]) -> pa.Table:
         """One table of every batch's rows, in order (built column by column, not batch by batch:
@@ -140,9 +137,6 @@ class RequestRecord:
     status_code: str
 
     num_rows = 1
-
-    def to_arrow(self) -> pa.Table:
-        return RequestRecord.table_of([self])
 
     @staticmethod
     def table_of(records: Sequence[RequestRecord]) -> pa.Table:
