@@ -71,7 +71,11 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
               f"{processes} processes on port {port}", file=sys.stderr)
         return 2
     per_process = serving_cfg.port_per_process if args.port_per_process is None else args.port_per_process
-    serving_cfg = dataclasses.replace(serving_cfg, port=port, processes=processes, port_per_process=per_process)
+    try:
+        serving_cfg = dataclasses.replace(serving_cfg, port=port, processes=processes, port_per_process=per_process)
+    except ValueError as exc:  # e.g. ports past 65535 with a port per process
+        print(f"feedrank serve: {exc}", file=sys.stderr)
+        return 2
     worker = os.environ.get(WORKER_ENV)
     if worker is None and serving_cfg.processes > 1:
         return _supervise(serving_cfg, list(args.argv))

@@ -129,3 +129,10 @@ def test_the_processes_stop_when_one_fails_to_start(trained, tmp_path):
     assert "serving process 0" in out.read_text() and "failed to start" in out.read_text()
     with pytest.raises(grpc.RpcError), FeedClient(f"127.0.0.1:{port}", timeout=2.0) as client:
         client.rank("1", k=5)
+
+
+def test_ports_past_the_last_one_are_refused_with_the_reason(capsys):
+    from infra.cli import main
+
+    assert main(["serve", "--processes", "3", "--port", "65534", "--port-per-process"]) == 2
+    assert "port must be <= 65533 with a port per process, got 65534" in capsys.readouterr().err
