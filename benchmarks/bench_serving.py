@@ -144,7 +144,7 @@ class _RecordingHistogram:
 
 
 def start_server(bundle: Path, features_dir: Path, *, log_dir: Path, feast: bool, max_workers: int,
-                 address: str = "127.0.0.1:0", ranking_slots: int = 1, retrieval_batch: int = 8):
+                 ranking_slots: int, retrieval_batch: int, address: str = "127.0.0.1:0"):
     """The server as ``feedrank serve`` builds it, over one bundle.
 
     Returns a namespace: ``server``, ``port``, ``recorder``, ``closers``, ``known`` (user ids of
@@ -398,11 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds per level")
     parser.add_argument("--client-procs", type=int, default=1,
                         help="client processes (at most the concurrency); each runs its calls in threads")
-    parser.add_argument("--max-workers", type=int, default=8, help="server threads (serving.max_workers)")
-    parser.add_argument("--ranking-slots", type=int, default=1,
+    from serving.config import ServingConfig
+
+    serving = ServingConfig()  # the server options default to what feedrank serve runs with
+    parser.add_argument("--max-workers", type=int, default=serving.max_workers,
+                        help="server threads (serving.max_workers)")
+    parser.add_argument("--ranking-slots", type=int, default=serving.ranking_slots,
                         help="pipelines a server process computes at once, the rest queue in arrival order "
                              "(serving.ranking_slots; 0: no limit)")
-    parser.add_argument("--retrieval-batch", type=int, default=8,
+    parser.add_argument("--retrieval-batch", type=int, default=serving.retrieval_batch,
                         help="calls whose candidates a slot holder fetches in one batch (serving.retrieval_batch)")
     parser.add_argument("--server-procs", type=int, default=1,
                         help="serving processes (feedrank serve --processes); see --balance")
