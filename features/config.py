@@ -82,10 +82,10 @@ class SparkConfig:
     shuffle_partitions : int
         ``spark.sql.shuffle.partitions``: keep it small on a laptop (2 to 4 per core).
     broadcast_threshold_mb : int
-        ``spark.sql.autoBroadcastJoinThreshold`` in MiB: snapshot tables of one day up to this
-        size are broadcast to the impressions instead of shuffling them.
+        ``spark.sql.autoBroadcastJoinThreshold`` in MiB: a join side up to this size (the item
+        table validation joins to impressions and events) is broadcast instead of shuffled.
     arrow_batch_rows : int
-        Rows per Arrow batch handed to the pandas feature formulas.
+        Rows per Arrow batch handed to the Python workers that assemble the training rows.
     progress_seconds : float
         Interval of the progress log lines (stage, tasks done, rows/s); 0 turns them off.
     """

@@ -2,7 +2,7 @@
 
 These features depend on the moment of the request, so they cannot be stored per entity:
 the ETL computes them for every training row by calling :func:`derived_features` on
-batches of joined rows (through Spark's ``mapInPandas``), and serving calls the very same
+batches of joined rows (in Spark's Python workers, :mod:`features.assemble`), and serving calls the very same
 function on the user's online row, the candidate items' rows and the request. One
 implementation means no training/serving skew.
 

@@ -13,11 +13,12 @@ Stages (each logs its counts and rate; long Spark stages log task progress perio
 2. **Attribute** linked events to impressions and grade labels (:mod:`features.labels`).
 3. **Aggregate** daily snapshots of user, item and seller features and the user's intraday
    rows (:mod:`features.aggregates`, whose docstring explains how leakage is prevented).
-4. **Assemble** each output day: the day's impressions joined to their labels, to the
-   snapshots of that day and to the intraday row each request sees; request-time
-   features come from :func:`features.derived.derived_features`, the function serving
-   calls; negatives are downsampled by a hash of the impression id (deterministic), with
-   ``sample_weight`` = 1 / keep rate.
+4. **Assemble** each output day (:mod:`features.assemble`, in the Python workers): the
+   day's impressions joined to their labels, to the snapshots of that day and to the
+   intraday row each request sees; request-time features come from
+   :func:`features.derived.derived_features`, the function serving calls; negatives are
+   downsampled by a hash of the impression id (deterministic), with ``sample_weight`` =
+   1 / keep rate.
 5. **Check** (:mod:`features.checks`) and **publish**: every output day is written to a
    staging folder, measured, checked, and only then moved over the old day, one rename
    per partition. A failed check publishes nothing and raises :class:`DataCheckError`.
@@ -39,10 +40,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import pandas as pd
 
 from features.aggregates import (
     DAY_US,
@@ -55,6 +53,13 @@ from features.aggregates import (
     seller_snapshots,
     user_snapshots,
 )
+from features.assemble import (
+    IMPRESSION_COLUMNS,
+    STATS_SCHEMA,
+    AssemblyRules,
+    DayTables,
+    write_day_part,
+)
 from features.checks import (
     CheckReport,
     DataCheckError,
@@ -66,19 +71,12 @@ from features.checks import (
 )
 from features.config import FeaturesConfig, parse_utc
 from features.contract import TABLE_ORDER, TABLES
-from features.derived import (
-    DERIVED_FEATURES,
-    ITEM_INPUTS,
-    REALTIME_INPUTS,
-    REQUEST_INPUTS,
-    derived_features,
-    user_inputs,
-)
-from features.labels import attribute, graded_label
+from features.derived import REALTIME_INPUTS
+from features.labels import attribute
 from features.outputs import (
     FEATURE_SOURCES,
+    ITEM_AUX,
     KEY_COLUMNS,
-    TRAINING_BASE,
     OutputLayout,
     item_feature_names,
     seller_feature_names,
@@ -250,48 +248,40 @@ class FeatureEtl:
         # 3. snapshots and intraday rows -------------------------------------------
         with progress(spark, every, "aggregate"):
             self._aggregate(spark, valid, snaps, days, staging, work)
-        sizes: dict[str, dict[str, int]] = {}
-        for name, path in ((LAYOUT.user_features, staging), (LAYOUT.item_features, staging),
-                           (LAYOUT.seller_features, staging), (LAYOUT.user_realtime, staging), ("rt_seen", work)):
-            counts = spark.read.parquet(f"{path}/{name}").groupBy("date").count().collect()
-            sizes[name] = {r["date"]: int(r["count"]) for r in sorted(counts, key=lambda r: r["date"])}
-            if name != "rt_seen":
-                report.outputs[name] = sizes[name]
-        sizes["labels"] = {"all": n_labelled}
+        for name in (LAYOUT.user_features, LAYOUT.item_features, LAYOUT.seller_features, LAYOUT.user_realtime):
+            counts = spark.read.parquet(f"{staging}/{name}").groupBy("date").count().collect()
+            report.outputs[name] = {r["date"]: int(r["count"]) for r in sorted(counts, key=lambda r: r["date"])}
         done("aggregate")
 
-        # 4. assemble the days, in batches whose snapshot rows fit the broadcast budget ------
+        # 4. assemble the days ------------------------------------------------------------
         per_day: dict[str, dict[str, Any]] = {}
         nulls: dict[str, int] = {}
-        batches = self._batches([_date_str(d) for d in days], sizes)
+        dates = [_date_str(d) for d in days]
         done_imps = 0
         lock = threading.Lock()
 
-        def assemble(numbered: tuple[int, list[str]]) -> None:
+        def assemble_day(numbered: tuple[int, str]) -> None:
             nonlocal done_imps
-            i, batch = numbered
+            i, day = numbered
             t0 = time.perf_counter()
-            with progress(spark, every, f"assemble {batch[0]}..{batch[-1]}"):
-                stats = self._assemble(spark, files, i, batch, staging, work, log_end_us, sizes)
-            n = sum(day_counts[d] for d in batch)
+            with progress(spark, every, f"assemble {day}"):
+                day_stats = self._assemble(spark, day, staging, work, log_end_us)
             with lock:
-                for day in batch:
-                    day_stats = stats[day]
-                    for k, v in day_stats.pop("nulls").items():
-                        nulls[k] = nulls.get(k, 0) + v
-                    day_stats["impressions"] = day_counts[day]
-                    per_day[day] = day_stats
-                done_imps += n
+                for k, v in day_stats.pop("nulls").items():
+                    nulls[k] = nulls.get(k, 0) + v
+                day_stats["impressions"] = day_counts[day]
+                per_day[day] = day_stats
+                done_imps += day_counts[day]
                 secs = time.perf_counter() - t0
-                logger.info("batch %d/%d (%s..%s): %s impressions -> %s training rows in %.1f s (%s impressions/s); "
-                            "%s of %s impressions done", i, len(batches), batch[0], batch[-1], f"{n:,}",
-                            f"{sum(per_day[d]['rows'] for d in batch):,}", secs, f"{n / max(secs, 1e-9):,.0f}",
+                logger.info("day %d/%d (%s): %s impressions -> %s training rows in %.1f s (%s impressions/s); "
+                            "%s of %s impressions done", i, len(dates), day, f"{day_counts[day]:,}",
+                            f"{day_stats['rows']:,}", secs, f"{day_counts[day] / max(secs, 1e-9):,.0f}",
                             f"{done_imps:,}", f"{n_imps:,}")
 
-        # Two batches at a time: a batch ends in one task per day (sort and write of that day's
-        # single file), so a second batch keeps the other core busy.
-        with ThreadPoolExecutor(max_workers=min(2, len(batches))) as pool:
-            list(pool.map(assemble, enumerate(batches, 1)))
+        # Two days at a time: a day is one task per split of its work file, so a second day
+        # keeps the other core busy.
+        with ThreadPoolExecutor(max_workers=min(2, len(dates))) as pool:
+            list(pool.map(assemble_day, enumerate(dates, 1)))
         files.tidy(f"{staging}/{LAYOUT.training}")
         for name in (LAYOUT.user_features, LAYOUT.item_features, LAYOUT.seller_features, LAYOUT.user_realtime):
             files.tidy(f"{staging}/{name}")
@@ -404,146 +394,42 @@ class FeatureEtl:
          .write.mode("overwrite").partitionBy("date").parquet(f"{work}/rt_seen"))
         logger.info("wrote %s", LAYOUT.user_realtime)
 
-    def _batches(self, dates: list[str], sizes: dict[str, dict[str, int]]) -> list[list[str]]:
-        """Group consecutive days so that each table's rows over a batch fit the broadcast budget.
+    def _assemble(self, spark: SparkSession, day: str, staging: str, work: str, log_end_us: int) -> dict[str, Any]:
+        """Write the training rows of ``day`` (:mod:`features.assemble`); return its row, positive and null counts.
 
-        Small logs are assembled in one pass (one Spark job); large ones a day at a time, each
-        day's snapshot tables broadcast to its impressions so they are never shuffled.
+        The day's valid impressions are read from their sorted work file and handed, in that
+        order, to the Python workers, which join them to the day's lookup tables, compute the
+        request-time features and write the day's files themselves.
         """
-        limit = self.config.spark.broadcast_threshold_mb * 2**20
-        width = {LAYOUT.user_features: 80, LAYOUT.item_features: 40, LAYOUT.seller_features: 8, "rt_seen": 10}
-        batches: list[list[str]] = []
-        used: dict[str, int] = {}
-        for day in dates:
-            need = {name: sizes[name].get(day, 0) * cols * 8 for name, cols in width.items()}
-            if batches and all(used[n] + need[n] <= limit for n in need):
-                batches[-1].append(day)
-                used = {n: used[n] + need[n] for n in need}
-            else:
-                batches.append([day])
-                used = need
-        return batches
+        import functools
 
-    def _assemble(self, spark: SparkSession, files: HadoopFiles, number: int, batch: list[str], staging: str,
-                  work: str, log_end_us: int, sizes: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
-        """Write the training rows of the days in ``batch``; return per-day row, positive and null counts."""
         from pyspark.sql import functions as F
 
         cfg = self.config.etl
-        in_batch = F.col("date").isin(batch)
-        imps = spark.read.parquet(f"{work}/impressions").filter((F.col("_ok") == "true") & in_batch).drop("_ok")
-
-        broadcast_all = True
-
-        def table(path: str, name: str, filtered: bool = True) -> DataFrame:
-            nonlocal broadcast_all
-            frame = spark.read.parquet(f"{path}/{name}")
-            frame = frame.filter(in_batch).drop("event_timestamp") if filtered else frame
-            rows = sum(sizes[name].get(d, 0) for d in batch) if filtered else sizes[name]["all"]
-            hinted = self._maybe_broadcast(frame, rows)
-            broadcast_all = broadcast_all and hinted is not frame
-            return hinted
-
-        seen = table(work, "rt_seen")
-        users = table(staging, LAYOUT.user_features)
-        items = table(staging, LAYOUT.item_features)
-        sellers = table(staging, LAYOUT.seller_features)
-        rows = imps.join(table(work, "labels", filtered=False), "impression_id", "left")
-        for flag in ("clicked", "carted", "purchased_24h", "purchased_7d"):
-            rows = rows.withColumn(flag, F.coalesce(F.col(flag), F.lit(False)))
-        rows = (rows.withColumn("gmv_7d", F.coalesce(F.col("gmv_7d"), F.lit(0.0)))
-                .withColumn("label", graded_label(F.col("clicked"), F.col("carted"), F.col("purchased_7d")))
-                .withColumn("label_complete",
-                            F.col("ts_us") + F.lit(int(cfg.purchase_days * DAY_US)) <= F.lit(log_end_us)))
-        rate = cfg.negative_keep_rate
-        if rate < 1.0:
-            u = F.pmod(F.xxhash64(F.col("impression_id"), F.lit(cfg.sample_seed)), F.lit(1 << 30)) / float(1 << 30)
-            rows = rows.filter((F.col("label") > 0) | (u < F.lit(rate)))
-        rows = rows.withColumn("sample_weight", F.when(F.col("label") > 0, F.lit(1.0)).otherwise(F.lit(1.0 / rate)))
-        rows = (rows.join(seen, ["user_id", "ts_us", "date"], "left")
-                .join(users, ["user_id", "date"], "left")
-                .join(items, ["item_id", "date"], "left")
-                .join(sellers, ["seller_id", "date"], "left"))
-        inputs = list(dict.fromkeys(REQUEST_INPUTS + REALTIME_INPUTS + ITEM_INPUTS
-                                    + user_inputs(cfg.top_categories, cfg.top_sellers, cfg.top_items)))
-        rows = rows.withColumn("_derived", _derived_udf(inputs)(*[F.col(c) for c in inputs]))
-        base = [F.col("item_price" if name == "price" else name).cast(_SPARK_TYPES[str(t)]).alias(name)
-                for name, t, _ in TRAINING_BASE]
-        features = [F.col(c).cast("double") for c in user_feature_names(cfg) + item_feature_names(cfg)
-                    + seller_feature_names(cfg)]
-        features += [F.col(f"_derived.{c}").alias(c) for c in DERIVED_FEATURES]
-        # Each batch writes its own folder (concurrent jobs must not share a commit folder),
-        # then its days move under training/.
-        # With every lookup table broadcast, each task streams one day's sorted work file through
-        # order-keeping operators (broadcast joins, filter, the Python UDF), so no shuffle is
-        # needed; the sort within the task on the full key is still spelled out: the writer sorts
-        # by ``date`` anyway, and that sort is not stable once it spills to disk (a big day).
-        # Otherwise Spark's joins reorder rows across tasks, and a shuffle by day regroups them.
-        scratch = f"{work}/training-{number}"
-        out = rows.select(*base, *features, "date")
-        if not broadcast_all:
-            out = out.repartition("date")
-        out = out.sortWithinPartitions("date", "ts", "impression_id")
-        out.write.mode("overwrite").partitionBy("date").parquet(scratch)
-        target = f"{staging}/{LAYOUT.training}"
-        files.mkdirs(target)
-        for day in batch:
-            if files.exists(f"{scratch}/date={day}"):
-                files.rename(f"{scratch}/date={day}", f"{target}/date={day}")
-        return {day: self._day_stats(spark, f"{target}/date={day}") for day in batch}
-
-    @staticmethod
-    def _day_stats(spark: SparkSession, folder: str) -> dict[str, Any]:
-        """Rows, positives and per-column null counts of one written day.
-
-        Null counts of a local folder come from the Parquet footers (no data is read);
-        elsewhere Spark counts them.
-        """
-        from pyspark.sql import functions as F
-
-        local = "://" not in folder or folder.startswith("file:")
-        path = Path(folder.removeprefix("file:"))
-        if local and not path.is_dir():
-            return {"rows": 0, "positives": 0, "nulls": {}}
-        if local:
-            import pyarrow.compute as pc
-            import pyarrow.parquet as pq
-
-            rows, positives = 0, 0
-            nulls: dict[str, int] = {}
-            for file in sorted(path.glob("*.parquet")):
-                meta = pq.ParquetFile(file)
-                rows += meta.metadata.num_rows
-                labels = meta.read(columns=["label"])["label"]
-                positives += int(pc.sum(pc.greater(labels, 0)).as_py() or 0)
-                for g in range(meta.metadata.num_row_groups):
-                    group = meta.metadata.row_group(g)
-                    for c in range(group.num_columns):
-                        chunk = group.column(c)
-                        stats = chunk.statistics
-                        name = chunk.path_in_schema
-                        if stats is None or not stats.has_null_count:
-                            column = meta.read_row_group(g, columns=[name])[name]
-                            count = column.null_count
-                        else:
-                            count = stats.null_count
-                        nulls[name] = nulls.get(name, 0) + int(count)
-            return {"rows": rows, "positives": positives, "nulls": nulls}
-        if not HadoopFiles(spark).exists(folder):
-            return {"rows": 0, "positives": 0, "nulls": {}}
-        written = spark.read.parquet(folder)
-        aggs = [F.count(F.lit(1)).alias("_rows"), F.sum((F.col("label") > 0).cast("long")).alias("_pos")]
-        aggs += [F.sum(F.col(c).isNull().cast("long")).alias(c) for c in written.columns]
-        stats_row = written.agg(*aggs).collect()[0].asDict()
-        return {"rows": int(stats_row.pop("_rows")), "positives": int(stats_row.pop("_pos") or 0),
-                "nulls": {k: int(v or 0) for k, v in stats_row.items()}}
-
-    def _maybe_broadcast(self, frame: DataFrame, rows: int) -> DataFrame:
-        """Broadcast a per-day table of ``rows`` rows when its estimated size is under the threshold."""
-        from pyspark.sql import functions as F
-
-        limit = self.config.spark.broadcast_threshold_mb * 2**20
-        return F.broadcast(frame) if 0 < limit and rows * len(frame.columns) * 8 <= limit else frame
+        imps = spark.read.parquet(f"{work}/impressions").filter((F.col("_ok") == "true") & (F.col("date") == day))
+        # The sampling draw stays Spark's hash, so a given seed keeps the same rows as ever.
+        draw = F.pmod(F.xxhash64(F.col("impression_id"), F.lit(cfg.sample_seed)), F.lit(1 << 30)) / float(1 << 30)
+        columns = [F.col(c) for c in IMPRESSION_COLUMNS[:-1]] + [draw.alias(IMPRESSION_COLUMNS[-1])]
+        tables = DayTables(date=day, labels=f"{work}/labels", realtime=f"{work}/rt_seen/date={day}",
+                           users=f"{staging}/{LAYOUT.user_features}/date={day}",
+                           items=f"{staging}/{LAYOUT.item_features}/date={day}",
+                           sellers=f"{staging}/{LAYOUT.seller_features}/date={day}",
+                           target=f"{staging}/{LAYOUT.training}/date={day}")
+        rules = AssemblyRules(
+            schema=training_schema(cfg),
+            user_columns=tuple(dict.fromkeys(user_feature_names(cfg) + user_aux_names(cfg))),
+            item_columns=tuple(dict.fromkeys(item_feature_names(cfg) + ITEM_AUX)),
+            seller_columns=seller_feature_names(cfg), purchase_days=cfg.purchase_days, log_end_us=log_end_us,
+            negative_keep_rate=cfg.negative_keep_rate)
+        parts = (imps.select(*columns).mapInArrow(functools.partial(write_day_part, tables, rules), STATS_SCHEMA)
+                 .collect())
+        stats: dict[str, Any] = {"rows": 0, "positives": 0, "nulls": {}}
+        for part in parts:
+            stats["rows"] += int(part["rows"])
+            stats["positives"] += int(part["positives"])
+            for name, count in json.loads(part["nulls"]).items():
+                stats["nulls"][name] = stats["nulls"].get(name, 0) + int(count)
+        return stats
 
     def _checks(self, spark: SparkSession, files: HadoopFiles, out: str, staging: str, report: EtlReport,
                 per_day: dict[str, dict[str, Any]], nulls: dict[str, int],
@@ -588,29 +474,6 @@ class FeatureEtl:
         if report.status == "ok":
             files.write_text(f"{out}/{LAYOUT.reports}/latest.json", text)
         logger.info("report: %s/%s/etl-%s.json (%s)", out, LAYOUT.reports, report.run_id, report.status)
-
-
-_SPARK_TYPES = {"int64": "long", "int32": "int", "double": "double", "bool": "boolean", "string": "string",
-                "timestamp[us, tz=UTC]": "timestamp"}
-
-
-def _derived_udf(names: Sequence[str]):
-    """The request-time features as a pandas UDF over the input columns ``names``.
-
-    Only these columns travel to the Python workers, each as its own Arrow column (a
-    struct argument costs ~3x more to convert); the UDF rebuilds the frame and calls
-    :func:`features.derived.derived_features`, the function serving calls.
-    """
-    from pyspark.sql import types as T
-    from pyspark.sql.functions import pandas_udf
-
-    columns = tuple(names)
-    schema = T.StructType([T.StructField(c, T.DoubleType(), True) for c in DERIVED_FEATURES])
-
-    def derived(*values):  # no annotations: one pd.Series per input column, a DataFrame back
-        return derived_features(pd.DataFrame(dict(zip(columns, values, strict=True)))).reset_index(drop=True)
-
-    return pandas_udf(derived, schema)  # type: ignore[call-overload]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

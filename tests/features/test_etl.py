@@ -235,7 +235,7 @@ def test_rerunning_days_replaces_them_identically_and_failed_checks_publish_noth
     assert failed["status"] == "failed checks" and "null rate" in failed["error"]
 
     config = FeaturesConfig()
-    config = replace(config, spark=replace(config.spark, broadcast_threshold_mb=0))  # a batch per day
+    config = replace(config, spark=replace(config.spark, broadcast_threshold_mb=0))  # shuffle joins in validation
     report = FeatureEtl(config).run(spark, str(small_logs), str(copy), start_date=days[-2], end_date=last)
     assert report.dates == days[-2:]
     assert _files(copy) == original  # byte for byte, every table
