@@ -24,7 +24,8 @@ Stages (each logs its counts and rate; long Spark stages log task progress perio
    per partition. A failed check publishes nothing and raises :class:`DataCheckError`.
 
 Rows are sorted by ``(ts, impression_id)`` (training) or by entity id (feature tables),
-one file per day, with stable file names: the same input gives byte-identical output.
+one file per day (one per Spark split once a day's work file holds several 128 MB row groups), with stable
+file names: the same input gives byte-identical output.
 """
 
 from __future__ import annotations
