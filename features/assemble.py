@@ -48,6 +48,7 @@ from features.derived import DERIVED_FEATURES, ITEM_INPUTS, REALTIME_INPUTS, der
 
 __all__ = [
     "IMPRESSION_COLUMNS",
+    "KEEP_DRAW",
     "LABEL_FLAGS",
     "ROW_GROUP_ROWS",
     "STATS_SCHEMA",
@@ -60,14 +61,18 @@ __all__ = [
 ]
 
 DAY_US = 86_400 * 1_000_000
+# The negative-sampling draw in [0, 1) that Spark adds to each impression.
+KEEP_DRAW = "_keep_u"
 # Columns of the validated impressions (with the item's seller, category, price and margin
-# carried by validation) that the assembly reads; ``_keep_u`` is the sampling draw in [0, 1).
+# carried by validation) that the assembly reads, and the draw.
 IMPRESSION_COLUMNS: tuple[str, ...] = (
     "impression_id", "request_id", "ts_us", "user_id", "item_id", "seller_id", "category_id", "position",
-    "randomized", "propensity", "policy", "device", "item_price", "margin_rate", "_keep_u")
+    "randomized", "propensity", "policy", "device", "item_price", "margin_rate", KEEP_DRAW)
 LABEL_FLAGS: tuple[str, ...] = ("clicked", "carted", "purchased_24h", "purchased_7d")
 ROW_GROUP_ROWS = 131_072
 STATS_SCHEMA = "date string, part int, rows long, positives long, nulls string"
+_STATS_ARROW = pa.schema([("date", pa.string()), ("part", pa.int32()), ("rows", pa.int64()),
+                          ("positives", pa.int64()), ("nulls", pa.string())])  # STATS_SCHEMA as Arrow
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,7 @@ def assemble(imps: pa.Table, lookups: Lookups, rules: AssemblyRules) -> pa.Table
     label = np.select([flags["purchased_7d"], flags["carted"], flags["clicked"]], [3, 2, 1], 0).astype(np.int32)
     rate = rules.negative_keep_rate
     if rate < 1.0:
-        keep = (label > 0) | (imps.column("_keep_u").to_numpy() < rate)
+        keep = (label > 0) | (imps.column(KEEP_DRAW).to_numpy() < rate)
         imps, labels, label = imps.filter(pa.array(keep)), labels.filter(pa.array(keep)), label[keep]
         flags = {c: v[keep] for c, v in flags.items()}
     n = imps.num_rows
@@ -264,14 +269,14 @@ def write_day_part(day: DayTables, rules: AssemblyRules, batches: Iterator[pa.Re
     tmp = f"{target}/.part-{part:05d}.attempt-{attempt}.tmp"
     final = f"{target}/part-{part:05d}.parquet"
     writer: pq.ParquetWriter | None = None
-    pending: list[pa.Table] = []
-    buffered = rows = positives = 0
+    pending: list[pa.Table] = []  # assembled rows not yet in a row group
+    rows = positives = 0
     nulls = dict.fromkeys(rules.schema.names, 0)
     last: tuple[int, int] | None = None
     lookups: Lookups | None = None
 
     def flush(everything: bool) -> None:
-        nonlocal writer, pending, buffered
+        nonlocal writer, pending
         table = pa.concat_tables(pending)
         while table.num_rows >= ROW_GROUP_ROWS or (everything and table.num_rows):
             group, table = table.slice(0, ROW_GROUP_ROWS), table.slice(ROW_GROUP_ROWS)
@@ -279,7 +284,7 @@ def write_day_part(day: DayTables, rules: AssemblyRules, batches: Iterator[pa.Re
                 filesystem.create_dir(target, recursive=True)
                 writer = pq.ParquetWriter(tmp, rules.schema, filesystem=filesystem, compression="snappy")
             writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
-        pending, buffered = [table], table.num_rows
+        pending = [table] if table.num_rows else []
 
     for batch in batches:
         if batch.num_rows == 0:
@@ -299,16 +304,12 @@ def write_day_part(day: DayTables, rules: AssemblyRules, batches: Iterator[pa.Re
         for name in rules.schema.names:
             nulls[name] += out.column(name).null_count
         pending.append(out)
-        buffered += out.num_rows
-        if buffered >= ROW_GROUP_ROWS:
+        if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
             flush(everything=False)
-    if buffered:
+    if pending:
         flush(everything=True)
     if writer is not None:
         writer.close()
         filesystem.move(tmp, final)
     yield pa.RecordBatch.from_pylist([{"date": day.date, "part": part, "rows": rows, "positives": positives,
-                                       "nulls": json.dumps(nulls, sort_keys=True)}],
-                                     schema=pa.schema([("date", pa.string()), ("part", pa.int32()),
-                                                       ("rows", pa.int64()), ("positives", pa.int64()),
-                                                       ("nulls", pa.string())]))
+                                       "nulls": json.dumps(nulls, sort_keys=True)}], schema=_STATS_ARROW)

@@ -56,6 +56,7 @@ from features.aggregates import (
 )
 from features.assemble import (
     IMPRESSION_COLUMNS,
+    KEEP_DRAW,
     STATS_SCHEMA,
     AssemblyRules,
     DayTables,
@@ -410,7 +411,7 @@ class FeatureEtl:
         imps = spark.read.parquet(f"{work}/impressions").filter((F.col("_ok") == "true") & (F.col("date") == day))
         # The sampling draw stays Spark's hash, so a given seed keeps the same rows as ever.
         draw = F.pmod(F.xxhash64(F.col("impression_id"), F.lit(cfg.sample_seed)), F.lit(1 << 30)) / float(1 << 30)
-        columns = [F.col(c) for c in IMPRESSION_COLUMNS[:-1]] + [draw.alias(IMPRESSION_COLUMNS[-1])]
+        columns = [draw.alias(c) if c == KEEP_DRAW else F.col(c) for c in IMPRESSION_COLUMNS]
         tables = DayTables(date=day, labels=f"{work}/labels", realtime=f"{work}/rt_seen/date={day}",
                            users=f"{staging}/{LAYOUT.user_features}/date={day}",
                            items=f"{staging}/{LAYOUT.item_features}/date={day}",

@@ -13,6 +13,7 @@ import pytest
 
 from features.assemble import (
     IMPRESSION_COLUMNS,
+    KEEP_DRAW,
     AssemblyRules,
     DayTables,
     assemble,
@@ -146,5 +147,5 @@ def test_missing_lookup_folders_are_empty_tables(day, tmp_path):
 
 
 def test_the_columns_crossing_from_spark_are_what_assembly_reads():
-    assert IMPRESSION_COLUMNS[-1] == "_keep_u" and len(set(IMPRESSION_COLUMNS)) == len(IMPRESSION_COLUMNS)
+    assert KEEP_DRAW in IMPRESSION_COLUMNS and len(set(IMPRESSION_COLUMNS)) == len(IMPRESSION_COLUMNS)
     assert set(impressions().column_names) == set(IMPRESSION_COLUMNS)
