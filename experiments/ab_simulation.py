@@ -2,9 +2,15 @@
 
 Layout of one simulated experiment (days of the simulator's period, 0-based)::
 
-    [0, pre_days)                          pre-period: both arms served by control (optionally
-                                           with randomized top slots on a share of requests)
+    [0, pre_days)                          pre-period: everybody served by the incumbent's
+                                           exploring policy (the simulator's noisy popularity
+                                           with its randomized share), or by control
     [pre_days, pre_days + experiment_days) experiment: each user's arm serves them
+
+Further arms can run *side by side* with the two served ones (``arms``): every experiment
+request is also put to them and their feeds are judged on the simulator's exact
+expectations, without being shown; so any number of policies (heuristics, the oracle) are
+compared on the very same buyers and requests as the A/B's own arms.
 
 Users are split by :func:`experiments.ab.assign_arm` (the salted hash serving uses), once,
 for the whole period, so the pre-period gives CUPED a covariate that randomisation balances.
@@ -43,12 +49,13 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from experiments.ab import assign_arm
@@ -61,6 +68,7 @@ from experiments.ab_readout import (
 )
 from experiments.policies import LogHistory, RankingPolicy
 from experiments.simulator import MarketplaceSimulator, Requests
+from experiments.simulator.policy import LOGGING_POLICY_NAME, RANDOM_POLICY_NAME
 from experiments.simulator.simulator import ORGANIC_SLOT
 from experiments.simulator.world import DAY_US
 from features.config import check
@@ -79,6 +87,7 @@ PolicyFactory = Callable[[LogHistory], RankingPolicy]
 """Builds a policy from the history logged before the experiment (the pre-period)."""
 
 TRUTH_METRICS: tuple[str, ...] = ("gmv", "purchases", "clicks")
+PRE_PERIOD_POLICIES: tuple[str, ...] = ("exploring", "control")
 _ARMS = (CONTROL, TREATMENT)
 
 
@@ -88,9 +97,10 @@ class ABSimulationConfig:
 
     Parameters
     ----------
-    pre_days : int, default=3
-        Days before the experiment, both arms on control (CUPED's covariate; the history a
-        treatment factory learns from). ``>= 1``.
+    pre_days : int, default=14
+        Days before the experiment (CUPED's covariate; the history a treatment factory learns
+        from). ``>= 1``. Two weeks of the exploring incumbent's logs is what the full system
+        needs to beat the heuristics (docs/ranking.md, "Judged on the truth").
     experiment_days : int, default=7
         Days of the experiment, ``>= 1``. ``pre_days + experiment_days`` must not exceed the
         simulator's ``days``.
@@ -98,19 +108,30 @@ class ABSimulationConfig:
         Experiment salt for :func:`experiments.ab.assign_arm`.
     treatment_share : float, default=0.5
         Share of users in treatment, in (0, 1).
+    pre_period_policy : {"exploring", "control"}, default="exploring"
+        Who serves the pre-period: ``"exploring"``, the simulator's own logging policy (noisy
+        popularity, a ``randomized_share`` of requests with their top slots shuffled and exact
+        propensities), as a marketplace's incumbent serves the months of logs a model learns
+        from; ``"control"``, the control policy (deterministic: every buyer sees the same
+        items, which leaves a model little to learn).
     pre_period_randomized_share : float, default=0.0
-        Share of pre-period requests whose top ``shuffle_top_n`` slots (the simulator's) are
-        shuffled uniformly at random and logged as randomized with propensity ``1 / n``, in
-        [0, 1]: the randomized traffic a model trained on the pre-period needs to estimate
-        position bias (the marketplace's usual exploration). Both arms get it alike, so the
-        CUPED covariate stays balanced; the experiment period is never randomized.
+        With ``pre_period_policy="control"``: share of pre-period requests whose top
+        ``shuffle_top_n`` slots (the simulator's) are shuffled uniformly at random and logged as
+        randomized with propensity ``1 / n``, in [0, 1]. Both arms get it alike, so the CUPED
+        covariate stays balanced; the experiment period is never randomized.
+    batch_minutes : int, default=15
+        The experiment is served in batches of this many minutes of requests, in time order;
+        what buyers did in one batch reaches policies that observe the live stream (``observe``,
+        e.g. the full system's real-time user features) before the next. In [1, 1440].
     """
 
-    pre_days: int = 3
+    pre_days: int = 14
     experiment_days: int = 7
     salt: str = "ab-sim-1"
     treatment_share: float = 0.5
+    pre_period_policy: str = "exploring"
     pre_period_randomized_share: float = 0.0
+    batch_minutes: int = 15
 
     def __post_init__(self) -> None:
         for name in ("pre_days", "experiment_days"):
@@ -124,6 +145,14 @@ class ABSimulationConfig:
         check(0.0 < self.treatment_share < 1.0, "treatment_share", "in (0, 1)", self.treatment_share)
         check(0.0 <= self.pre_period_randomized_share <= 1.0, "pre_period_randomized_share", "in [0, 1]",
               self.pre_period_randomized_share)
+        check(self.pre_period_policy in PRE_PERIOD_POLICIES, "pre_period_policy",
+              f"one of {list(PRE_PERIOD_POLICIES)}", self.pre_period_policy)
+        check(self.pre_period_policy == "control" or self.pre_period_randomized_share == 0.0,
+              "pre_period_randomized_share", "0 unless pre_period_policy is 'control' (the exploring "
+              "policy randomizes with the simulator's randomized_share)", self.pre_period_randomized_share)
+        if isinstance(self.batch_minutes, bool) or not isinstance(self.batch_minutes, int):
+            raise TypeError(f"batch_minutes must be an int, got {type(self.batch_minutes).__name__}")
+        check(1 <= self.batch_minutes <= 1440, "batch_minutes", "in [1, 1440]", self.batch_minutes)
 
 
 @dataclass(frozen=True)
@@ -199,6 +228,11 @@ class ABSimulationResult:
         Rows written per table.
     seconds : float
         Wall time of the run.
+    arm_totals : mapping of str to mapping of str to float
+        ``sum_r g_A(r)`` of each metric for every arm ``A`` judged on the experiment's
+        requests: ``"control"``, ``"treatment"`` and each side-by-side arm by its key.
+    arm_policies : mapping of str to str
+        The policy name behind each key of ``arm_totals``.
     """
 
     log_dir: str
@@ -210,6 +244,13 @@ class ABSimulationResult:
     users_by_arm: Mapping[str, int]
     rows: Mapping[str, int]
     seconds: float
+    arm_totals: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    arm_policies: Mapping[str, str] = field(default_factory=dict)
+
+    def per_user(self, metric: str = "gmv") -> dict[str, float]:
+        """Each judged arm's expected ``metric`` per experiment user (``arm_totals / n_users``)."""
+        n = self.truth[metric].n_users
+        return {arm: totals[metric] / n for arm, totals in self.arm_totals.items()}
 
 
 def _arm_strings(treated: np.ndarray) -> pa.Array:
@@ -279,15 +320,20 @@ def run_ab_simulation(
     out_dir: str | os.PathLike[str],
     *,
     config: ABSimulationConfig | None = None,
+    arms: Mapping[str, RankingPolicy | PolicyFactory] | None = None,
     progress: bool = True,
 ) -> ABSimulationResult:
     """Run a simulated A/B test of ``treatment`` against ``control`` and write its logs.
 
-    The pre-period is served by ``control`` for everybody; then, when ``treatment`` is a
-    factory, it is called with the :class:`~experiments.policies.LogHistory` of events logged
-    before the experiment starts (its :meth:`~experiments.policies.LogHistory.export_logs`
-    gives a factory that trains a model the full contract logs before the start); then each user is served by their arm's policy for the
-    experiment days. Requests are simulated in chunks of the simulator's ``chunk_requests``
+    The pre-period is served for everybody by the simulator's exploring logging policy (or
+    by ``control``, see :class:`ABSimulationConfig`); then, when ``treatment`` (or a
+    side-by-side arm) is a factory, it is called with the
+    :class:`~experiments.policies.LogHistory` of events logged before the experiment starts
+    (its :meth:`~experiments.policies.LogHistory.export_logs` gives a factory that trains a
+    model the full contract logs before the start); then each user is served by their arm's
+    policy for the experiment days, in time-ordered batches of ``batch_minutes``. After each
+    batch, every policy with an ``observe(impressions, events)`` method is handed what was
+    logged (pandas frames of the contract columns), as a live event stream would. Requests are simulated in chunks of the simulator's ``chunk_requests``
     and written chunk by chunk, so memory stays bounded by a chunk plus per-user counters.
     Data go to ``<out_dir>.partial`` and are moved into place at the end.
 
@@ -299,6 +345,10 @@ def run_ab_simulation(
         Serves the pre-period (both arms) and the control arm.
     treatment : RankingPolicy or callable LogHistory -> RankingPolicy
         Serves the treatment arm; a factory learns from the pre-period's logs.
+    arms : mapping of str to RankingPolicy or factory, optional
+        Side-by-side arms: asked for a feed on every experiment request and judged on the
+        truth (``ABSimulationResult.arm_totals``), never served. Keys other than
+        ``"control"`` and ``"treatment"``.
     out_dir : path
         Output folder (replaced if it exists).
     config : ABSimulationConfig, optional
@@ -324,6 +374,11 @@ def run_ab_simulation(
         raise TypeError(f"config must be an ABSimulationConfig, got {type(design).__name__}")
     _check_policy(control, "control", factory_ok=False)
     _check_policy(treatment, "treatment", factory_ok=True)
+    side = dict(arms or {})
+    for key, arm in side.items():
+        if not isinstance(key, str) or not key or key in _ARMS:
+            raise ValueError(f"arms keys must be non-empty names other than {list(_ARMS)}, got {key!r}")
+        _check_policy(arm, f"arms[{key!r}]", factory_ok=True)
     cfg = simulator.config
     total_days = design.pre_days + design.experiment_days
     if total_days > cfg.days:
@@ -333,14 +388,27 @@ def run_ab_simulation(
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
     try:
-        return _run(simulator, control, treatment, design, out, tmp, progress=progress, started=started)
+        return _run(simulator, control, treatment, side, design, out, tmp, progress=progress, started=started)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def _time_batches(requests: Requests, day_start_us: int, minutes: int) -> list[slice]:
+    """Slices of time-sorted ``requests``, one per ``minutes`` of the day that holds requests."""
+    step = minutes * 60 * 1_000_000
+    bounds = np.searchsorted(requests.ts_us, day_start_us + step * np.arange(1, DAY_US // step + 2))
+    edges = np.unique(np.concatenate([[0], np.minimum(bounds, len(requests))]))
+    return [slice(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
+
+
+def _observers(policies: list[RankingPolicy]) -> list[Callable[[pd.DataFrame, pd.DataFrame], None]]:
+    return [obs for p in policies if callable(obs := getattr(p, "observe", None))]
+
+
 def _run(simulator: MarketplaceSimulator, control: RankingPolicy, treatment: RankingPolicy | PolicyFactory,
-         design: ABSimulationConfig, out: Path, tmp: Path, *, progress: bool, started: float) -> ABSimulationResult:
+         side: dict[str, RankingPolicy | PolicyFactory], design: ABSimulationConfig, out: Path, tmp: Path, *,
+         progress: bool, started: float) -> ABSimulationResult:
     """The body of :func:`run_ab_simulation` (arguments already checked); writes into ``tmp``."""
     cfg = simulator.config
     total_days = design.pre_days + design.experiment_days
@@ -361,7 +429,7 @@ def _run(simulator: MarketplaceSimulator, control: RankingPolicy, treatment: Ran
 
     def write(day: int, chunk: int, requests: Requests, served: np.ndarray, policy: np.ndarray | str,
               available: np.ndarray, rng: np.random.Generator, randomized: np.ndarray | None = None,
-              propensity: np.ndarray | None = None) -> None:
+              propensity: np.ndarray | None = None) -> tuple[pa.Table, pa.Table]:
         outcome = simulator.respond(requests, served, rng=rng, policy=policy, randomized=randomized,
                                     propensity=propensity)
         imp = outcome.impressions
@@ -372,54 +440,81 @@ def _run(simulator: MarketplaceSimulator, control: RankingPolicy, treatment: Ran
         pq.write_table(events, tmp / "events" / part)
         rows["impressions"] += imp.num_rows
         rows["events"] += events.num_rows
+        return imp, events
 
     def log_day(day: int, phase: str, n_requests: int) -> None:
         if progress:
             logger.info("day %d/%d (%s): %s requests; %s impressions so far, %.1f s", day + 1, total_days, phase,
                         f"{n_requests:,}", f"{rows['impressions']:,}", time.perf_counter() - started)
 
+    exploring = design.pre_period_policy == "exploring"
     for day in range(design.pre_days):
         requests, available = simulator.requests_for_day(day), simulator.available_items(day)
         for c, lo in enumerate(range(0, len(requests), cfg.chunk_requests)):
             reqs = requests.take(slice(lo, lo + cfg.chunk_requests))
-            served = _serve(control, reqs, available, np.random.default_rng([cfg.seed, day, c, 201]), world.n_items)
             randomized = propensity = None
-            if design.pre_period_randomized_share > 0:
-                served, randomized, propensity = _randomize(
-                    served, design.pre_period_randomized_share, cfg.shuffle_top_n,
-                    np.random.default_rng([cfg.seed, day, c, 203]))
-            write(day, c, reqs, served, control.name, available, np.random.default_rng([cfg.seed, day, c, 101]),
+            if exploring:
+                feeds = simulator.logging_policy.serve(len(reqs), available,
+                                                       np.random.default_rng([cfg.seed, day, c, 204]))
+                served, randomized, propensity = feeds.served, feeds.randomized, feeds.propensity
+                names: np.ndarray | str = np.where(randomized, RANDOM_POLICY_NAME, LOGGING_POLICY_NAME)
+            else:
+                served = _serve(control, reqs, available, np.random.default_rng([cfg.seed, day, c, 201]),
+                                world.n_items)
+                names = control.name
+                if design.pre_period_randomized_share > 0:
+                    served, randomized, propensity = _randomize(
+                        served, design.pre_period_randomized_share, cfg.shuffle_top_n,
+                        np.random.default_rng([cfg.seed, day, c, 203]))
+            write(day, c, reqs, served, names, available, np.random.default_rng([cfg.seed, day, c, 101]),
                   randomized, propensity)
         log_day(day, "pre-period", len(requests))
 
-    if isinstance(treatment, RankingPolicy):
-        treat_policy = treatment
-    else:
-        treat_policy = treatment(LogHistory.from_logs(tmp, before=experiment_start))
-        _check_policy(treat_policy, "treatment(history)", factory_ok=False)
-        logger.info("treatment policy %r built from the pre-period's history", treat_policy.name)
+    history: LogHistory | None = None
 
-    totals = {arm: dict.fromkeys(TRUTH_METRICS, 0.0) for arm in _ARMS}
+    def build(policy: RankingPolicy | PolicyFactory, label: str) -> RankingPolicy:
+        nonlocal history
+        if isinstance(policy, RankingPolicy):
+            return policy
+        if history is None:
+            history = LogHistory.from_logs(tmp, before=experiment_start)
+        built = policy(history)
+        _check_policy(built, f"{label}(history)", factory_ok=False)
+        logger.info("%s policy %r built from the pre-period's history", label, built.name)
+        return built
+
+    treat_policy = build(treatment, "treatment")
+    side_policies = {key: build(arm, key) for key, arm in side.items()}
+    judged: dict[str, RankingPolicy] = {CONTROL: control, TREATMENT: treat_policy, **side_policies}
+    observers = _observers([treat_policy, *side_policies.values()])
+    if observers:  # what the live stream delivered before the experiment
+        _feed_observers(observers, tmp, experiment_start)
+
+    totals = {arm: dict.fromkeys(TRUTH_METRICS, 0.0) for arm in judged}
     seen = np.zeros(world.n_users, dtype=bool)
     n_requests = 0
     for day in range(design.pre_days, total_days):
         requests, available = simulator.requests_for_day(day), simulator.available_items(day)
-        for c, lo in enumerate(range(0, len(requests), cfg.chunk_requests)):
-            reqs = requests.take(slice(lo, lo + cfg.chunk_requests))
-            feeds_c = _serve(control, reqs, available, np.random.default_rng([cfg.seed, day, c, 201]), world.n_items)
-            feeds_t = _serve(treat_policy, reqs, available, np.random.default_rng([cfg.seed, day, c, 202]),
-                             world.n_items)
-            width = max(feeds_c.shape[1], feeds_t.shape[1])
-            feeds_c, feeds_t = _pad(feeds_c, width), _pad(feeds_t, width)
+        for c, part in enumerate(_time_batches(requests, cfg.start_us + day * DAY_US, design.batch_minutes)):
+            reqs = requests.take(part)
+            feeds = {arm: _serve(policy, reqs, available, np.random.default_rng([cfg.seed, day, c, 201 + j]),
+                                 world.n_items) for j, (arm, policy) in enumerate(judged.items())}
+            width = max(f.shape[1] for f in feeds.values())
+            feeds = {arm: _pad(f, width) for arm, f in feeds.items()}
             treated = treated_user[reqs.user_id]
-            served = np.where(treated[:, None], feeds_t, feeds_c)
+            served = np.where(treated[:, None], feeds[TREATMENT], feeds[CONTROL])
             policy = np.where(treated, treat_policy.name, control.name)
-            write(day, c, reqs, served, policy, available, np.random.default_rng([cfg.seed, day, c, 101]))
-            for arm, feeds in ((CONTROL, feeds_c), (TREATMENT, feeds_t)):
-                expected = simulator.expected_outcome(reqs, feeds)
+            imp, events = write(day, c, reqs, served, policy, available,
+                                np.random.default_rng([cfg.seed, day, c, 101]))
+            for arm, f in feeds.items():
+                expected = simulator.expected_outcome(reqs, f)
                 totals[arm]["gmv"] += float(expected.gmv.sum())
                 totals[arm]["purchases"] += float(expected.purchase.sum())
                 totals[arm]["clicks"] += float(expected.click.sum())
+            if observers:
+                imp_frame, ev_frame = _contract_frames(imp, events)
+                for observe in observers:
+                    observe(imp_frame, ev_frame)
             seen[reqs.user_id] = True
             n_requests += len(reqs)
         log_day(day, "experiment", len(requests))
@@ -441,6 +536,7 @@ def _run(simulator: MarketplaceSimulator, control: RankingPolicy, treatment: Ran
         "attribution_days": ATTRIBUTION_DAYS,
         "users_by_arm": users_by_arm,
         "truth": {m: t.to_dict() for m, t in truth.items()},
+        "side_by_side": {arm: {"policy": judged[arm].name, **totals[arm]} for arm in side_policies},
         "rows": rows,
     }
     (tmp / METADATA_PATH).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -453,4 +549,27 @@ def _run(simulator: MarketplaceSimulator, control: RankingPolicy, treatment: Ran
     return ABSimulationResult(
         log_dir=str(out), control_policy=control.name, treatment_policy=treat_policy.name,
         experiment_start=experiment_start, experiment_end=experiment_end, truth=truth,
-        users_by_arm=users_by_arm, rows=rows, seconds=seconds)
+        users_by_arm=users_by_arm, rows=rows, seconds=seconds,
+        arm_totals={arm: dict(v) for arm, v in totals.items()},
+        arm_policies={arm: p.name for arm, p in judged.items()})
+
+
+def _contract_frames(impressions: pa.Table, events: pa.Table) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The columns a live stream carries, as pandas frames."""
+    return (impressions.select(["impression_id", "ts", "user_id", "item_id"]).to_pandas(),
+            events.select(["event_id", "ts", "user_id", "item_id", "type"]).to_pandas())
+
+
+def _feed_observers(observers: list[Callable[[pd.DataFrame, pd.DataFrame], None]], log_dir: Path,
+                    before: pd.Timestamp) -> None:
+    """Hand the pre-period's logged rows to the observers (what the stream held at the start)."""
+    import pyarrow.dataset as ds
+
+    cut = pc.field("ts") < before.to_pydatetime()
+    imp = ds.dataset(log_dir / "impressions", format="parquet").to_table(
+        columns=["impression_id", "ts", "user_id", "item_id"], filter=cut)
+    ev = ds.dataset(log_dir / "events", format="parquet").to_table(
+        columns=["event_id", "ts", "user_id", "item_id", "type"], filter=cut)
+    imp_frame, ev_frame = _contract_frames(imp, ev)
+    for observe in observers:
+        observe(imp_frame, ev_frame)

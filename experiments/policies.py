@@ -43,9 +43,11 @@ __all__ = [
     "DEFAULT_EVENT_WEIGHTS",
     "HistoryAffinityPolicy",
     "LogHistory",
+    "OraclePolicy",
     "PipelinePolicy",
     "PopularityPolicy",
     "RankingPolicy",
+    "RealtimeUsers",
 ]
 
 # How much one event says about interest: a purchase more than a cart, a cart more than a click.
@@ -524,7 +526,150 @@ class HistoryAffinityPolicy:
         return out
 
 
+# ------------------------------------------------------------------------------ the oracle
+
+
+class OraclePolicy:
+    """The headroom: each buyer's ``feed_length`` available items of highest true value.
+
+    ``value(u, i, context) = P(purchase | examined; u, i, device, hour) * price_i`` from the
+    simulator's truth (:meth:`~experiments.simulator.MarketplaceSimulator.purchase_probability`);
+    under the position-based buyer model, sorting by it maximises the feed's expected GMV (the
+    examination curve decreases with the slot). Truth only: never deployable, it reads the
+    latent tastes a real marketplace does not have.
+
+    Parameters
+    ----------
+    simulator : MarketplaceSimulator
+    feed_length : int, optional
+        Default the simulator's.
+    name : str, default="oracle"
+    block : int, default=256
+        Requests scored at once (memory ~ block x available items x 8 bytes, several arrays).
+    """
+
+    def __init__(self, simulator: MarketplaceSimulator, *, feed_length: int | None = None, name: str = "oracle",
+                 block: int = 256) -> None:
+        self.simulator = simulator
+        self.feed_length = simulator.config.feed_length if feed_length is None else int(feed_length)
+        _check_feed_length(self.feed_length)
+        _check_name(name)
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self._name = name
+        self.block = int(block)
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def true_values(self, requests: Requests, item_ids: np.ndarray) -> np.ndarray:
+        """True ``P(purchase | examined) * price`` of ``item_ids`` (shape (R, M)) for each request, shape (R, M)."""
+        sim = self.simulator
+        items = np.asarray(item_ids, dtype=np.int64)
+        r = np.repeat(np.arange(len(requests)), items.shape[1])
+        p = sim.purchase_probability(requests.user_id[r], items.reshape(-1), devices=requests.device[r],
+                                     hours=requests.hour[r])
+        return (p * sim.world.item_price[items.reshape(-1)]).reshape(items.shape)
+
+    def serve(self, requests: Requests, available: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Top ``feed_length`` available items by true value (see :class:`RankingPolicy`)."""
+        mask = _check_available(available, self.simulator.world.n_items)
+        ids = np.flatnonzero(mask)
+        k = min(self.feed_length, ids.size)
+        out = np.full((len(requests), self.feed_length), -1, dtype=np.int64)
+        for lo in range(0, len(requests), self.block):
+            reqs = requests.take(slice(lo, lo + self.block))
+            value = self.true_values(reqs, np.broadcast_to(ids, (len(reqs), ids.size)))
+            top = np.argpartition(-value, k - 1, axis=1)[:, :k] if k < ids.size else \
+                np.broadcast_to(np.arange(ids.size), value.shape).copy()
+            order = np.argsort(-np.take_along_axis(value, top, axis=1), axis=1, kind="stable")
+            out[lo: lo + len(reqs), :k] = ids[np.take_along_axis(top, order, axis=1)]
+        return out
+
+
 # ------------------------------------------------------------------------------ the full system
+
+class RealtimeUsers:
+    """User rows with the intraday (``user_realtime``) row the stream consumer would hold.
+
+    Wraps a pipeline's user source (snapshot rows) and adds, for each user, the intraday row
+    of :func:`features.stream.windows.intraday_rows` -- the batch definition the consumer's
+    state is tested against -- over the impressions and events logged strictly before
+    the time passed to :meth:`advance`. Rows handed to :meth:`add` may lie in the future
+    (purchases come days after the impression): they wait until their time has come. The
+    last view and last event times are kept over all rows seen; the day's counters need
+    only the last 24 hours.
+
+    Parameters
+    ----------
+    base : serving.features.UserFeatureSource
+        Source of the snapshot rows (``user_rows(user_id)``).
+    """
+
+    def __init__(self, base) -> None:
+        from features.stream.windows import OBS_COLUMNS
+
+        self.base = base
+        empty = pd.DataFrame({c: np.empty(0, dtype=np.int64) for c in OBS_COLUMNS})
+        self._pending: list[pd.DataFrame] = []
+        self._recent = empty
+        self._last_view = pd.Series(dtype=np.int64)
+        self._last_event = pd.Series(dtype=np.int64)
+        self._rows: dict[int, dict[str, float]] = {}
+        self.now_us: int | None = None
+
+    def add(self, impressions: pd.DataFrame | None, events: pd.DataFrame | None) -> None:
+        """Queue logged rows (contract columns; ``events`` need ``event_id``)."""
+        from features.stream.windows import observations
+
+        obs = observations(impressions, events)
+        if len(obs):
+            self._pending.append(obs)
+
+    def advance(self, now_us: int) -> None:
+        """Apply every queued row with ``ts < now_us`` and rebuild the intraday rows."""
+        from features.stream.windows import VIEW, intraday_rows
+
+        if self.now_us is not None and now_us <= self.now_us and not self._pending:
+            return
+        pending = pd.concat(self._pending, ignore_index=True) if self._pending else self._recent.iloc[:0]
+        due = pending["ts_us"].to_numpy() < now_us
+        self._pending = [pending[~due]] if (~due).any() else []
+        applied = pending[due]
+        self.now_us = now_us
+        if not len(applied) and self._rows:
+            return
+        view = applied["kind"].to_numpy() == VIEW
+        for attr, part in (("_last_view", applied[view]), ("_last_event", applied[~view])):
+            latest = part.groupby("user_id")["ts_us"].max()
+            current = getattr(self, attr)
+            setattr(self, attr, latest if current.empty else
+                    pd.concat([current, latest]).groupby(level=0).max())
+        recent = pd.concat([self._recent, applied], ignore_index=True)
+        self._recent = recent[recent["ts_us"].to_numpy() >= now_us - 86_400_000_000]
+        rows = intraday_rows(self._recent) if len(self._recent) else None
+        users = self._last_view.index.union(self._last_event.index)
+        out: dict[int, dict[str, float]] = {}
+        view_at = self._last_view.reindex(users)
+        event_at = self._last_event.reindex(users)
+        for u, lv, le in zip(users.tolist(), view_at.tolist(), event_at.tolist(), strict=True):
+            out[u] = {"rt_day": -1.0, "rt_views": 0.0, "rt_clicks": 0.0, "rt_carts": 0.0, "rt_purchases": 0.0,
+                      "rt_last_view_us": float("nan") if pd.isna(lv) else float(lv),
+                      "rt_last_event_us": float("nan") if pd.isna(le) else float(le)}
+        if rows is not None:
+            for u, day, v, c, a, p in zip(rows.index.tolist(), rows["rt_day"].tolist(), rows["rt_views"].tolist(),
+                                          rows["rt_clicks"].tolist(), rows["rt_carts"].tolist(),
+                                          rows["rt_purchases"].tolist(), strict=True):
+                out[u].update(rt_day=float(day), rt_views=float(v), rt_clicks=float(c), rt_carts=float(a),
+                              rt_purchases=float(p))
+        self._rows = out
+
+    def user_rows(self, user_id: int):
+        """``(snapshot_row, intraday_row, fallbacks)`` as :class:`serving.features.UserFeatureSource`."""
+        snap, _, fallbacks = self.base.user_rows(user_id)
+        return snap, self._rows.get(int(user_id)), fallbacks
+
 
 # Serving's default candidate count (serving.config.LimitsConfig.default_candidate_count).
 _DEFAULT_CANDIDATES = 500
@@ -573,6 +718,20 @@ class PipelinePolicy:
         self.candidate_count = int(candidate_count)
         self._name = name
         self._excluded: tuple[np.ndarray, np.ndarray] | None = None  # (mask, ids): last availability
+        users = getattr(pipeline, "users", None)
+        self._realtime: RealtimeUsers | None = None
+        if users is not None:  # a ModelPipeline: serve the intraday rows the stream consumer would hold
+            self._realtime = RealtimeUsers(users)
+            pipeline.users = self._realtime  # type: ignore[attr-defined]
+
+    def observe(self, impressions: pd.DataFrame, events: pd.DataFrame) -> None:
+        """Take logged impressions and events (the live stream) into the real-time user rows.
+
+        They count for requests after their own time, as the stream consumer's intraday row
+        (``features.stream``) would: see :class:`RealtimeUsers`.
+        """
+        if self._realtime is not None:
+            self._realtime.add(impressions, events)
 
     @property
     def name(self) -> str:
@@ -640,19 +799,31 @@ class PipelinePolicy:
             raise ValueError(f"available must be a 1-D bool array, got {mask.dtype} {mask.shape}")
         excluded = self._unavailable(mask)
         k = self.feed_length
+        if self._realtime is not None and len(requests):
+            self._realtime.advance(int(requests.ts_us.min()))
         out = np.full((len(requests), k), -1, dtype=np.int64)
         days = requests.ts_us // 86_400_000_000
         dows = (days + 3) % 7  # 1970-01-01 was a Thursday (Monday = 0)
         hours = requests.hour
+        self._begin(requests, mask)
         for r in range(len(requests)):
             request = FeedRequest(
                 request_id=str(int(requests.request_id[r])), user_id=int(requests.user_id[r]), k=k,
                 candidate_count=self.candidate_count, exclude_item_ids=excluded,
                 device=DEVICES[int(requests.device[r])], country=None, hour=int(hours[r]),
                 day_of_week=int(dows[r]), ts_us=int(requests.ts_us[r]))
-            result = self.pipeline.rank(request, arm="treatment", timer=StageTimer(), deadline=None)
-            ids = np.fromiter((it.item_id for it in result.items), dtype=np.int64, count=len(result.items))
+            # pipeline.rank without the impression log: score, re-rank, explore
+            scored = self.pipeline.score(request, timer=StageTimer())
+            arranged = self.pipeline.arrange(request, scored)
+            ids = arranged.candidates.item_ids[arranged.order]
             ok = (ids >= 0) & (ids < mask.size)
             ids = ids[ok][mask[ids[ok]]][:k]
             out[r, : ids.size] = ids
+            self._record(r, scored, arranged)
         return out
+
+    def _begin(self, requests: Requests, available: np.ndarray) -> None:
+        """Called before a batch is served (a hook for instrumented subclasses)."""
+
+    def _record(self, r: int, scored, arranged) -> None:
+        """Called with each request's scores and arrangement (a hook for instrumented subclasses)."""

@@ -130,8 +130,12 @@ def daily_user(impressions: DataFrame, events: DataFrame) -> DataFrame:
     """Per (user_id, day): views, clicks, carts, purchases, feed clicks, spend and price sums.
 
     ``impressions`` needs ``user_id, day``; ``events`` needs ``user_id, day, type, impression_id,
-    quantity, price_paid, item_price``. Clicks, carts and purchases count every event (search
-    traffic included); ``feed_clicks`` only those linked to an impression.
+    quantity, price_paid, item_price`` and ``cat_median_price`` (the median price of the item's
+    category). Clicks, carts and purchases count every event (search traffic included);
+    ``feed_clicks`` only those linked to an impression. ``rel_price_sum`` sums
+    ``log(item_price / cat_median_price)`` over carts and purchases: how far above or below
+    its category's usual price the buyer commits to (their spend level, comparable across
+    categories whose prices differ tenfold).
     """
     F = _f()
     views = impressions.groupBy("user_id", "day").agg(F.count(F.lit(1)).cast("double").alias("views"))
@@ -144,6 +148,10 @@ def daily_user(impressions: DataFrame, events: DataFrame) -> DataFrame:
         F.sum(F.when(is_buy, F.col("price_paid") * F.col("quantity")).otherwise(0.0)).alias("spend"),
         F.sum(F.when(is_buy, F.col("price_paid")).otherwise(0.0)).alias("purchase_price_sum"),
         F.sum(F.when(is_click, F.col("item_price")).otherwise(0.0)).alias("click_price_sum"),
+        F.sum(F.when((is_cart | is_buy) & (F.col("cat_median_price") > 0) & (F.col("item_price") > 0),
+                     F.log(F.col("item_price") / F.col("cat_median_price"))).otherwise(0.0)).alias("rel_price_sum"),
+        F.sum(F.when((is_cart | is_buy) & (F.col("cat_median_price") > 0) & (F.col("item_price") > 0), 1.0)
+              .otherwise(0.0)).alias("rel_price_n"),
     )
     out = views.join(ev, ["user_id", "day"], "full_outer").na.fill(0.0)
     return out.withColumn("active", F.lit(1.0))
@@ -224,7 +232,8 @@ def user_snapshots(users: DataFrame, daily: DataFrame, events: DataFrame, snaps:
             .filter(F.col("user_signup_us") < (F.col("snap") + 1) * F.lit(DAY_US)))
     metrics = {"f_user_views": "views", "f_user_clicks": "clicks", "f_user_carts": "carts",
                "f_user_purchases": "purchases", "_feed_clicks": "feed_clicks", "_active": "active",
-               "_spend": "spend", "_pp_sum": "purchase_price_sum", "_cp_sum": "click_price_sum"}
+               "_spend": "spend", "_pp_sum": "purchase_price_sum", "_cp_sum": "click_price_sum",
+               "_rp_sum": "rel_price_sum", "_rp_n": "rel_price_n"}
     sums = _window_sums(_spread(daily, snaps, max(windows)), "user_id", metrics, windows)
     prior = sums.groupBy("snap").agg((F.sum("_feed_clicks_30d") / F.greatest(F.sum("f_user_views_30d"), F.lit(1.0)))
                                      .alias("_prior_ctr"))
@@ -242,8 +251,15 @@ def user_snapshots(users: DataFrame, daily: DataFrame, events: DataFrame, snaps:
         F.col("_spend_30d").alias("f_user_spend_30d"),
         _safe_div(F.col("_pp_sum_30d"), F.col("f_user_purchases_30d")).alias("f_user_purchase_price_mean_30d"),
         _safe_div(F.col("_cp_sum_30d"), F.col("f_user_clicks_30d")).alias("f_user_click_price_mean_30d"),
+        _safe_div(F.col("_rp_sum_30d"), F.col("_rp_n_30d")).alias("f_user_rel_price_30d"),
     )
     return _with_spend_band(out)
+
+
+def category_median_prices(items: DataFrame) -> DataFrame:
+    """``category_id, cat_median_price``: the median listed price of each category (items table)."""
+    F = _f()
+    return items.groupBy("category_id").agg(F.percentile("price", 0.5).alias("cat_median_price"))
 
 
 def _with_spend_band(frame: DataFrame) -> DataFrame:

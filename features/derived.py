@@ -16,7 +16,7 @@ Inputs (one row per (request, item) pair; missing entity rows are all-null):
   epoch of the row), ``rt_views``, ``rt_clicks``, ``rt_carts``, ``rt_purchases`` (counts of that
   day so far), ``rt_last_view_us``, ``rt_last_event_us``;
 - item row (``item_features``): ``item_id``, ``item_category_id``, ``item_seller_id``,
-  ``item_created_us``, ``f_item_price``.
+  ``item_created_us``, ``f_item_price``, ``f_item_price_to_cat_median``.
 
 Formulas (``day = 86_400 s``; ``today = ts_us // day``):
 
@@ -30,6 +30,9 @@ Formulas (``day = 86_400 s``; ``today = ts_us // day``):
   ``f_ui_item_interactions`` likewise with the item itself
 - ``f_ui_price_to_purchase_mean = f_item_price / f_user_purchase_price_mean_30d`` (null without
   purchases), ``f_ui_price_to_click_mean`` likewise with clicked prices
+- ``f_ui_rel_price_gap = log(f_item_price_to_cat_median) - f_user_rel_price_30d``: how far the
+  item's price sits above the buyer's usual level *relative to each category's median* (the
+  user's mean log relative price of what they carted or bought; null without such events)
 - ``f_ctx_hour`` (UTC hour 0-23), ``f_ctx_dow`` (0 = Monday), ``f_ctx_weekend``, ``f_ctx_device``
   (code in :data:`DEVICE_CODES`, :data:`OTHER_DEVICE` for any other value, null when unknown)
 """
@@ -65,8 +68,10 @@ OTHER_DEVICE = 3
 REQUEST_INPUTS: tuple[str, ...] = ("ts_us", "device")
 REALTIME_INPUTS: tuple[str, ...] = ("rt_day", "rt_views", "rt_clicks", "rt_carts", "rt_purchases",
                                     "rt_last_view_us", "rt_last_event_us")
-ITEM_INPUTS: tuple[str, ...] = ("item_id", "item_category_id", "item_seller_id", "item_created_us", "f_item_price")
-_USER_SCALARS: tuple[str, ...] = ("user_signup_us", "f_user_purchase_price_mean_30d", "f_user_click_price_mean_30d")
+ITEM_INPUTS: tuple[str, ...] = ("item_id", "item_category_id", "item_seller_id", "item_created_us", "f_item_price",
+                                "f_item_price_to_cat_median")
+_USER_SCALARS: tuple[str, ...] = ("user_signup_us", "f_user_purchase_price_mean_30d", "f_user_click_price_mean_30d",
+                                  "f_user_rel_price_30d")
 _TOP_LISTS: tuple[tuple[str, str], ...] = (("top_cat_id", "top_cat_w"), ("top_seller_id", "top_seller_n"),
                                            ("top_item_id", "top_item_n"))
 
@@ -75,7 +80,7 @@ DERIVED_FEATURES: tuple[str, ...] = (
     "f_user_purchases_today", "f_user_hours_since_view", "f_user_hours_since_event",
     "f_item_age_days",
     "f_ui_cat_affinity", "f_ui_cat_is_top", "f_ui_seller_interactions", "f_ui_item_interactions",
-    "f_ui_price_to_purchase_mean", "f_ui_price_to_click_mean",
+    "f_ui_price_to_purchase_mean", "f_ui_price_to_click_mean", "f_ui_rel_price_gap",
     "f_ctx_hour", "f_ctx_dow", "f_ctx_weekend", "f_ctx_device",
 )
 
@@ -185,6 +190,10 @@ def derived_matrix(inputs: Mapping[str, Any], ts_us: np.ndarray | int, device: n
     price = inputs["f_item_price"]
     out["f_ui_price_to_purchase_mean"] = _ratio(price, inputs["f_user_purchase_price_mean_30d"])
     out["f_ui_price_to_click_mean"] = _ratio(price, inputs["f_user_click_price_mean_30d"])
+    rel = inputs["f_item_price_to_cat_median"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_rel = np.where(rel > 0, np.log(np.where(rel > 0, rel, 1.0)), np.nan)
+    out["f_ui_rel_price_gap"] = log_rel - inputs["f_user_rel_price_30d"]
 
     hour = (ts_us // HOUR_US) % 24
     dow = (today + 3) % 7  # 1970-01-01 was a Thursday (3 with Monday = 0)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from features.aggregates import (
     DAY_US,
     SnapshotRange,
+    category_median_prices,
     daily_item,
     daily_user,
     day_of,
@@ -360,7 +361,8 @@ class FeatureEtl:
 
         cfg = self.config.etl
         imps, events = valid["impressions"], valid["events"]
-        daily_u = daily_user(imps, events).cache()
+        medians = F.broadcast(category_median_prices(valid["items"]))
+        daily_u = daily_user(imps, events.join(medians, "category_id", "left")).cache()
         daily_i = daily_item(imps, events).cache()
         tables = {
             LAYOUT.user_features: ("user_id", user_snapshots(valid["users"], daily_u, events, snaps, cfg),

@@ -99,12 +99,12 @@ def user_feature_names(cfg: EtlConfig) -> tuple[str, ...]:
     return tuple(_windowed("f_user", ("views", "clicks", "carts", "purchases"), cfg.windows_days) + [
         "f_user_ctr_30d", "f_user_active_days_30d", "f_user_spend_30d", "f_user_spend_band",
         "f_user_purchase_price_mean_30d", "f_user_click_price_mean_30d", "f_user_top_cat_share_30d",
-        "f_user_n_categories_30d"])
+        "f_user_n_categories_30d", "f_user_rel_price_30d"])
 
 
 def user_aux_names(cfg: EtlConfig) -> tuple[str, ...]:
     """Non-feature columns of ``user_features/`` that :func:`features.derived.derived_features` reads."""
-    scalars = {"f_user_purchase_price_mean_30d", "f_user_click_price_mean_30d"}
+    scalars = {"f_user_purchase_price_mean_30d", "f_user_click_price_mean_30d", "f_user_rel_price_30d"}
     return tuple(c for c in user_inputs(cfg.top_categories, cfg.top_sellers, cfg.top_items) if c not in scalars)
 
 

@@ -119,16 +119,19 @@ class EarlyStoppingOnMetric:
 
     Unlike ``lightgbm.early_stopping`` it watches one named metric (e.g. ``ndcg@20``) however
     LightGBM orders its evaluation list. ``best_iteration`` is 1-based, as LightGBM's.
-    ``rounds = 0`` never stops early but still records the best iteration.
+    ``rounds = 0`` never stops early but still records the best iteration. No iteration before
+    ``min_rounds`` counts as best, so a noisy validation metric that peaks after two trees
+    cannot stop a model that has learnt nothing yet; patience counts from ``min_rounds``.
     """
 
-    def __init__(self, metric: str, rounds: int) -> None:
+    def __init__(self, metric: str, rounds: int, *, min_rounds: int = 0) -> None:
         # An instance attribute: LightGBM gives callbacks without one in ``__dict__`` a negative
         # order, which would run this before ``record_evaluation`` (order 20) records the round.
         self.order = 30
         self.before_iteration = False
         self.metric = metric
         self.rounds = rounds
+        self.min_rounds = min_rounds
         self.best_score = -np.inf
         self.best_iteration = 0
         self.best_results: list[Any] = []
@@ -141,6 +144,8 @@ class EarlyStoppingOnMetric:
             raise ValueError(f"metric {self.metric!r} is not evaluated on a validation set")
         _, _, value, higher_better = results[0][:4]
         score = value if higher_better else -value
+        if env.iteration + 1 < self.min_rounds:
+            return
         if score > self.best_score:
             self.best_score = score
             self.best_iteration = env.iteration + 1

@@ -4,9 +4,10 @@ Layout (every file in a safe format: text, JSON, ``.npz`` without pickle, a shar
 
     metadata.json     format_version, features, training window, metrics, params, files
     ranker.txt        LightGBM text model (LambdaMART)
-    purchase.txt      LightGBM text model (binary, P(purchase))
-    calibrator.npz    isotonic breakpoints
-    ranker.so, purchase.so   compiled models (when compiling succeeded)
+    purchase.txt      LightGBM text model (binary: P(purchase), or P(purchase | click) with click.txt)
+    click.txt         LightGBM text model (binary, P(click | examined); factorised purchase model only)
+    calibrator.npz    the calibrator (kind "isotonic", "platt" or "none" and its parameters)
+    ranker.so, purchase.so, click.so   compiled models (when compiling succeeded)
     tuning.json       Optuna study summary (when tuning ran)
     reliability.png, examination.png   figures
 """

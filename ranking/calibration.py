@@ -1,9 +1,20 @@
-"""Isotonic calibration of purchase probabilities, expected calibration error, reliability diagrams.
+"""Calibration of purchase probabilities, expected calibration error, reliability diagrams.
 
-The calibrator is stored as two arrays (the isotonic fit's breakpoints) in an ``.npz``
-file read with ``allow_pickle=False``; prediction is linear interpolation between the
-breakpoints, clipped at the ends — what scikit-learn's ``IsotonicRegression.predict`` does
-with ``out_of_bounds="clip"``, without needing scikit-learn (or pickle) at serving time.
+Three calibrators share one interface (``fit``, ``predict``, ``save``; :func:`load_calibrator`
+reads any of them back):
+
+- :class:`IsotonicCalibrator`: the isotonic fit's breakpoints; prediction is linear
+  interpolation between them, clipped at the ends (scikit-learn's ``IsotonicRegression``
+  with ``out_of_bounds="clip"``), without scikit-learn or pickle at serving time.
+- :class:`PlattCalibrator`: ``sigmoid(a * logit(p) + b)`` (Platt scaling on the model's
+  logit, fitted by scikit-learn's logistic regression): two parameters, so it cannot overfit
+  a small validation slice the way a step function can, and it keeps the model's order.
+- :class:`IdentityCalibrator`: the model's own probabilities.
+
+:func:`select_calibrator` picks among them by held-out log loss (two-fold on the calibration
+slice), so calibration is chosen only where it helps. Every calibrator keeps predictions in
+``[PROB_FLOOR, 1 - PROB_FLOOR]``: a probability of exactly 0 would make an item worthless
+whatever its price, and log loss infinite. Files are ``.npz`` read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -17,7 +28,13 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CALIBRATORS",
+    "PROB_FLOOR",
+    "IdentityCalibrator",
     "IsotonicCalibrator",
+    "PlattCalibrator",
+    "load_calibrator",
+    "select_calibrator",
     "ReliabilityCurve",
     "expected_calibration_error",
     "plot_reliability_diagram",
@@ -26,7 +43,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 1  # isotonic breakpoints without a kind (still read)
+_KIND_FORMAT_VERSION = 2  # every calibrator: a "kind" and its parameters
+PROB_FLOOR = 1e-6
+CALIBRATORS: tuple[str, ...] = ("isotonic", "platt", "none")
+
+
+def _clip(p: np.ndarray) -> np.ndarray:
+    return np.clip(p, PROB_FLOOR, 1.0 - PROB_FLOOR)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = _clip(np.asarray(p, dtype=np.float64))
+    return np.log(q) - np.log1p(-q)
 
 
 def _check_inputs(y_true: Any, y_prob: Any, sample_weight: Any, *, prob_name: str = "y_prob",
@@ -93,21 +122,24 @@ class IsotonicCalibrator:
         if not hasattr(self, "x_thresholds_"):
             raise RuntimeError("IsotonicCalibrator is not fitted: call fit() or load() first")
 
+    kind = "isotonic"
+
     def predict(self, scores: Any) -> np.ndarray:
-        """Calibrated probabilities for ``scores`` (shape (n,)), clipped to the fitted range."""
+        """Calibrated probabilities for ``scores`` (shape (n,)), clipped to the fitted range and
+        to ``[PROB_FLOOR, 1 - PROB_FLOOR]``."""
         self._check_fitted()
         s = np.asarray(scores, dtype=np.float64)
         if len(self.x_thresholds_) == 1:
-            return np.full(s.shape, self.y_thresholds_[0])
-        return np.interp(s, self.x_thresholds_, self.y_thresholds_)
+            return _clip(np.full(s.shape, self.y_thresholds_[0]))
+        return _clip(np.interp(s, self.x_thresholds_, self.y_thresholds_))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the breakpoints as an ``.npz`` (no pickle)."""
         self._check_fitted()
         path = Path(path)
         with open(path, "wb") as fh:
-            np.savez(fh, x_thresholds=self.x_thresholds_, y_thresholds=self.y_thresholds_,
-                     format_version=np.array(_FORMAT_VERSION))
+            np.savez(fh, kind=np.array(self.kind), x_thresholds=self.x_thresholds_, y_thresholds=self.y_thresholds_,
+                     format_version=np.array(_KIND_FORMAT_VERSION))
         return path
 
     @classmethod
@@ -120,14 +152,150 @@ class IsotonicCalibrator:
             When the file is not a calibrator of a known format version.
         """
         with np.load(path, allow_pickle=False) as data:
-            if "format_version" not in data or int(data["format_version"]) != _FORMAT_VERSION:
-                raise ValueError(f"{path}: not an IsotonicCalibrator file of format version {_FORMAT_VERSION}")
+            version = int(data["format_version"]) if "format_version" in data else None
+            kind = str(data["kind"]) if "kind" in data else "isotonic"
+            if version not in (_FORMAT_VERSION, _KIND_FORMAT_VERSION) or kind != "isotonic":
+                raise ValueError(f"{path}: not an IsotonicCalibrator file (format version {version}, kind {kind})")
             x, y = np.asarray(data["x_thresholds"], np.float64), np.asarray(data["y_thresholds"], np.float64)
         if x.ndim != 1 or x.shape != y.shape or len(x) == 0 or (np.diff(x) < 0).any() or (np.diff(y) < 0).any():
             raise ValueError(f"{path}: breakpoints must be two non-decreasing 1-D arrays of the same length")
         cal = cls()
         cal.x_thresholds_, cal.y_thresholds_ = x, y
         return cal
+
+
+class PlattCalibrator:
+    """``p = sigmoid(a * logit(score) + b)``, fitted by (nearly unpenalised) logistic regression.
+
+    Attributes
+    ----------
+    a_, b_ : float
+        Slope and intercept on the model's logit.
+    """
+
+    kind = "platt"
+
+    def fit(self, scores: Any, y_true: Any, *, sample_weight: Any = None) -> PlattCalibrator:
+        """Fit on held-out probabilities ``scores`` (shape (n,)) and binary outcomes (shape (n,))."""
+        from sklearn.linear_model import LogisticRegression
+
+        y, s, w = _check_inputs(y_true, scores, sample_weight, prob_name="scores")
+        if y.min() == y.max():
+            raise ValueError("y_true must hold both classes to fit a Platt calibrator")
+        model = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(s)[:, None], y, sample_weight=w)
+        self.a_, self.b_ = float(model.coef_[0, 0]), float(model.intercept_[0])
+        return self
+
+    def predict(self, scores: Any) -> np.ndarray:
+        if not hasattr(self, "a_"):
+            raise RuntimeError("PlattCalibrator is not fitted: call fit() or load_calibrator() first")
+        z = self.a_ * _logit(np.asarray(scores, dtype=np.float64)) + self.b_
+        return _clip(1.0 / (1.0 + np.exp(-z)))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        with open(path, "wb") as fh:
+            np.savez(fh, kind=np.array(self.kind), a=np.array(self.a_), b=np.array(self.b_),
+                     format_version=np.array(_KIND_FORMAT_VERSION))
+        return path
+
+
+class IdentityCalibrator:
+    """The model's probabilities as they are (kept off exactly 0 and 1)."""
+
+    kind = "none"
+
+    def fit(self, scores: Any, y_true: Any, *, sample_weight: Any = None) -> IdentityCalibrator:
+        _check_inputs(y_true, scores, sample_weight, prob_name="scores")
+        return self
+
+    def predict(self, scores: Any) -> np.ndarray:
+        return _clip(np.asarray(scores, dtype=np.float64))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        with open(path, "wb") as fh:
+            np.savez(fh, kind=np.array(self.kind), format_version=np.array(_KIND_FORMAT_VERSION))
+        return path
+
+
+Calibrator = IsotonicCalibrator | PlattCalibrator | IdentityCalibrator
+
+
+def _new(kind: str) -> Calibrator:
+    return {"isotonic": IsotonicCalibrator, "platt": PlattCalibrator, "none": IdentityCalibrator}[kind]()
+
+
+def load_calibrator(path: str | os.PathLike[str]) -> Calibrator:
+    """Read any calibrator written by ``save`` (``allow_pickle=False``).
+
+    Raises
+    ------
+    ValueError
+        When the file is not a calibrator of a known kind and format version.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            kind = str(data["kind"]) if "kind" in data else "isotonic"
+            version = int(data["format_version"]) if "format_version" in data else None
+            params = {k: np.asarray(data[k]) for k in data.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{path}: not a readable calibrator file ({exc})") from None
+    if kind == "isotonic":
+        return IsotonicCalibrator.load(path)
+    if version != _KIND_FORMAT_VERSION or kind not in CALIBRATORS:
+        raise ValueError(f"{path}: unknown calibrator (kind {kind!r}, format version {version})")
+    cal = _new(kind)
+    if isinstance(cal, PlattCalibrator):
+        a, b = float(params["a"]), float(params["b"])
+        if not (np.isfinite(a) and np.isfinite(b)):
+            raise ValueError(f"{path}: Platt parameters must be finite, got a={a}, b={b}")
+        cal.a_, cal.b_ = a, b
+    return cal
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
+    q = _clip(p)
+    return float(-np.average(y * np.log(q) + (1 - y) * np.log1p(-q), weights=w))
+
+
+def select_calibrator(scores: Any, y_true: Any, *, sample_weight: Any = None, kind: str = "auto",
+                      seed: int = 0) -> tuple[Calibrator, dict[str, float]]:
+    """Choose and fit the calibrator of lowest held-out log loss on ``(scores, y_true)``.
+
+    With ``kind="auto"`` each of :data:`CALIBRATORS` is fitted on one random half of the rows and
+    scored on the other, both ways; the kind with the lowest mean log loss is refitted on all
+    rows. So calibration is applied only where it beats the model's own probabilities out of
+    sample, and it never makes the held-out log loss worse than "none" by more than noise.
+    Any other ``kind`` fits that calibrator.
+
+    Returns
+    -------
+    (calibrator, log loss of each kind tried; empty when ``kind`` was given)
+    """
+    y, s, w = _check_inputs(y_true, scores, sample_weight, prob_name="scores")
+    if kind != "auto":
+        if kind not in CALIBRATORS:
+            raise ValueError(f"kind must be 'auto' or one of {list(CALIBRATORS)}, got {kind!r}")
+        return _new(kind).fit(s, y, sample_weight=w), {}
+    half = np.random.default_rng(seed).random(len(y)) < 0.5
+    losses: dict[str, float] = {}
+    for name in CALIBRATORS:
+        total = 0.0
+        for fit_rows in (half, ~half):
+            held = ~fit_rows
+            if y[fit_rows].min() == y[fit_rows].max() or not held.any():
+                total = float("inf")
+                break
+            cal = _new(name).fit(s[fit_rows], y[fit_rows], sample_weight=w[fit_rows])
+            total += _log_loss(y[held], cal.predict(s[held]), w[held]) / 2
+        losses[name] = total
+    best = min(losses, key=lambda k: (losses[k], CALIBRATORS.index(k)))
+    if not np.isfinite(losses[best]):
+        best = "none"
+    logger.info("calibrator chosen by held-out log loss: %s (%s)", best,
+                ", ".join(f"{k} {v:.5f}" for k, v in losses.items()))
+    return _new(best).fit(s, y, sample_weight=w), losses
 
 
 @dataclass(frozen=True)

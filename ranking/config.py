@@ -34,6 +34,9 @@ class GBDTParams:
         Upper bound on the number of trees; early stopping usually ends sooner.
     early_stopping_rounds : int
         Stop when the validation metric has not improved for this many rounds (0 = never).
+    min_boost_round : int
+        No fewer trees than this: earlier iterations never count as the best one (a noisy
+        validation slice otherwise stops a model at two trees that has learnt nothing).
     learning_rate, num_leaves, max_depth, min_data_in_leaf, feature_fraction,
     bagging_fraction, bagging_freq, lambda_l2 :
         As in LightGBM (``max_depth = -1`` is unlimited).
@@ -41,6 +44,7 @@ class GBDTParams:
 
     num_boost_round: int = 300
     early_stopping_rounds: int = 30
+    min_boost_round: int = 0
     learning_rate: float = 0.05
     num_leaves: int = 31
     max_depth: int = -1
@@ -53,6 +57,7 @@ class GBDTParams:
     def __post_init__(self) -> None:
         check(self.num_boost_round >= 1, "num_boost_round", ">= 1", self.num_boost_round)
         check(self.early_stopping_rounds >= 0, "early_stopping_rounds", ">= 0", self.early_stopping_rounds)
+        check(self.min_boost_round >= 0, "min_boost_round", ">= 0", self.min_boost_round)
         check(0.0 < self.learning_rate <= 1.0, "learning_rate", "in (0, 1]", self.learning_rate)
         check(self.num_leaves >= 2, "num_leaves", ">= 2", self.num_leaves)
         check(self.max_depth == -1 or self.max_depth >= 1, "max_depth", "-1 (unlimited) or >= 1", self.max_depth)
@@ -168,7 +173,17 @@ def _ranker_defaults() -> GBDTParams:
 
 
 def _purchase_defaults() -> GBDTParams:
-    return GBDTParams(num_boost_round=400, early_stopping_rounds=40, num_leaves=31, min_data_in_leaf=100)
+    return GBDTParams(num_boost_round=400, early_stopping_rounds=40, min_boost_round=30, num_leaves=31,
+                      min_data_in_leaf=100)
+
+
+def _click_defaults() -> GBDTParams:
+    return GBDTParams(num_boost_round=400, early_stopping_rounds=40, min_boost_round=30, num_leaves=31,
+                      min_data_in_leaf=100)
+
+
+PURCHASE_MODELS: tuple[str, ...] = ("click_then_purchase", "direct")
+CALIBRATION_KINDS: tuple[str, ...] = ("auto", "isotonic", "platt", "none")
 
 
 @dataclass(frozen=True)
@@ -177,8 +192,18 @@ class RankingConfig:
 
     Parameters
     ----------
-    ranker, purchase : GBDTParams
-        LightGBM parameters of the LambdaMART ranker and of the purchase-probability model.
+    ranker, purchase, click : GBDTParams
+        LightGBM parameters of the LambdaMART ranker, of the purchase model and of the click
+        model (used with ``purchase_model="click_then_purchase"``).
+    purchase_model : {"click_then_purchase", "direct"}
+        How P(purchase | examined) is learnt. ``"click_then_purchase"``: P(click | examined),
+        from every impression (the slot as a feature, asked at slot 0), times P(purchase |
+        click), from the clicked impressions: each factor learns from ten times more positives
+        than purchases alone give, and the second one sees price and seller effects free of
+        where the item was shown. ``"direct"``: one model of purchase on every impression.
+    calibration : {"auto", "isotonic", "platt", "none"}
+        Map from the model's P to the calibrated P; ``"auto"`` picks by held-out log loss on the
+        calibration slice (``ranking.calibration.select_calibrator``).
     propensity : PropensityConfig
     tuning : TuningConfig
     compile : CompileConfig
@@ -213,6 +238,7 @@ class RankingConfig:
 
     ranker: GBDTParams = field(default_factory=_ranker_defaults)
     purchase: GBDTParams = field(default_factory=_purchase_defaults)
+    click: GBDTParams = field(default_factory=_click_defaults)
     propensity: PropensityConfig = field(default_factory=PropensityConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
@@ -225,6 +251,8 @@ class RankingConfig:
     purchase_label: str = "purchased_7d"
     complete_labels_only: bool = True
     purchase_position_feature: bool = True
+    purchase_model: str = "click_then_purchase"
+    calibration: str = "auto"
     calibration_bins: int = 15
     blend_weight: float = 0.5
     num_threads: int = 1
@@ -242,6 +270,10 @@ class RankingConfig:
               self.test_fraction)
         check(self.purchase_label in PURCHASE_LABELS, "purchase_label", f"one of {list(PURCHASE_LABELS)}",
               self.purchase_label)
+        check(self.purchase_model in PURCHASE_MODELS, "purchase_model", f"one of {list(PURCHASE_MODELS)}",
+              self.purchase_model)
+        check(self.calibration in CALIBRATION_KINDS, "calibration", f"one of {list(CALIBRATION_KINDS)}",
+              self.calibration)
         check(self.calibration_bins >= 2, "calibration_bins", ">= 2", self.calibration_bins)
         check(self.blend_weight >= 0.0, "blend_weight", ">= 0", self.blend_weight)
         check(self.num_threads >= 1, "num_threads", ">= 1", self.num_threads)

@@ -25,7 +25,8 @@ __all__ = ["PurchaseModel"]
 
 
 class PurchaseModel(FittedBooster):
-    """LightGBM binary classifier of purchase, early-stopped on validation log loss.
+    """LightGBM binary classifier, early-stopped on validation log loss: P(purchase), or one
+    factor of it (P(click | examined), P(purchase | click); see ``ranking.train``).
 
     Parameters
     ----------
@@ -97,7 +98,8 @@ class PurchaseModel(FittedBooster):
             vlabels = binary_labels("eval_set y", yv, len(vmatrix))
             vw = row_weights("eval_set sample_weight", wv, len(vmatrix))
             valid_sets.append(lgb.Dataset(vmatrix, label=vlabels, weight=vw, reference=train_set))
-            stopper = EarlyStoppingOnMetric("binary_logloss", self.params.early_stopping_rounds)
+            stopper = EarlyStoppingOnMetric("binary_logloss", self.params.early_stopping_rounds,
+                                            min_rounds=min(self.params.min_boost_round, self.params.num_boost_round))
             all_callbacks.append(stopper)
         booster = lgb.train(self.lightgbm_params(), train_set, num_boost_round=self.params.num_boost_round,
                             valid_sets=valid_sets, valid_names=["valid"][: len(valid_sets)], callbacks=all_callbacks)

@@ -309,7 +309,8 @@ class LambdaMARTRanker(FittedBooster):
                 vw = row_weights("eval_ips_weight", eval_ips_weight, len(vmatrix))
                 feval = IPSWeightedNDCG(vlabels, vsizes, vw, self.eval_at)
             stopper = EarlyStoppingOnMetric(self.stop_metric(eval_ips_weight is not None),
-                                            self.params.early_stopping_rounds)
+                                            self.params.early_stopping_rounds,
+                                            min_rounds=min(self.params.min_boost_round, self.params.num_boost_round))
             all_callbacks += [stopper, lgb.record_evaluation(evals)]
         elif eval_ips_weight is not None:
             raise ValueError("eval_ips_weight needs an eval_set")

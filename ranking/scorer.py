@@ -1,8 +1,8 @@
 """Expected GMV of candidates, and how it combines with the ranker's score.
 
-``E[GMV] = P_cal(purchase | examined) * price * margin`` (margin optional), with
-``P_cal`` the isotonic-calibrated purchase model asked at slot 0 when it was trained with
-the slot as a feature.
+``E[GMV] = P_cal(purchase | examined) * price * margin`` (margin optional), with ``P_cal``
+the calibrated purchase model asked at slot 0 when it was trained with the slot as a
+feature; factorised (``click`` given), ``P = P(click | examined) * P(purchase | click)``.
 
 How the ranker and expected GMV combine
 ---------------------------------------
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ranking.artifacts import read_metadata
-from ranking.calibration import IsotonicCalibrator
+from ranking.calibration import load_calibrator
 from ranking.compile import Predictor, load_predictor, warn_compiled_unavailable
 
 __all__ = ["ExpectedGMVScorer", "ScoredCandidates", "POSITION_FEATURE"]
@@ -81,7 +81,7 @@ class ExpectedGMVScorer:
         Raw LambdaMART scores.
     purchase : Predictor
         Uncalibrated P(purchase) (binary model outputs).
-    calibrator : IsotonicCalibrator
+    calibrator : ranking.calibration calibrator (``predict``)
     feature_names : list of str
         The candidate feature columns, in order (the ranker's features).
     purchase_feature_names : list of str
@@ -89,22 +89,31 @@ class ExpectedGMVScorer:
         model was trained with the slot (the scorer then fills 0).
     blend_weight : float, default 0.5
         See the module docstring.
+    click : Predictor, optional
+        P(click | examined); with it, ``purchase`` is P(purchase | click) and the uncalibrated
+        P(purchase | examined) is their product.
+    click_feature_names : list of str, optional
+        The click model's features (``feature_names``, optionally followed by ``"position"``).
     """
 
-    def __init__(self, *, ranker: Predictor, purchase: Predictor, calibrator: IsotonicCalibrator,
-                 feature_names: list[str], purchase_feature_names: list[str], blend_weight: float = 0.5) -> None:
+    def __init__(self, *, ranker: Predictor, purchase: Predictor, calibrator: Any,
+                 feature_names: list[str], purchase_feature_names: list[str], blend_weight: float = 0.5,
+                 click: Predictor | None = None, click_feature_names: list[str] | None = None) -> None:
         self.ranker = ranker
         self.purchase = purchase
         self.calibrator = calibrator
         self.feature_names = feature_names
         self.purchase_feature_names = purchase_feature_names
         self.blend_weight = blend_weight
-        extra = purchase_feature_names[len(feature_names):]
-        if purchase_feature_names[: len(feature_names)] != feature_names or extra not in ([], [POSITION_FEATURE]):
-            raise ValueError("purchase_feature_names must be feature_names, optionally followed by 'position'")
+        self.click = click
+        self.click_feature_names = click_feature_names
+        self._with_position = _slot_appended("purchase_feature_names", purchase_feature_names, feature_names)
+        self._click_position = (_slot_appended("click_feature_names", click_feature_names, feature_names)
+                                if click is not None and click_feature_names is not None else False)
+        if click is not None and click_feature_names is None:
+            raise ValueError("click_feature_names must be given with a click model")
         if blend_weight < 0:
             raise ValueError(f"blend_weight must be >= 0, got {blend_weight}")
-        self._with_position = extra == [POSITION_FEATURE]
 
     @classmethod
     def from_dir(cls, model_dir: str | os.PathLike[str], *, prefer_compiled: bool = True, num_threads: int = 1,
@@ -145,15 +154,25 @@ class ExpectedGMVScorer:
             lib_path = root / lib if (prefer_compiled and lib is not None) else None
             return load_predictor(root / files[name], lib_path, raw_score=raw, num_threads=num_threads)
 
+        has_click = "click" in files
         return cls(ranker=predictor("ranker", True), purchase=predictor("purchase", False),
-                   calibrator=IsotonicCalibrator.load(root / files["calibrator"]),
+                   calibrator=load_calibrator(root / files["calibrator"]),
                    feature_names=list(meta["features"]), purchase_feature_names=list(meta["purchase_features"]),
-                   blend_weight=meta["scorer"]["blend_weight"] if blend_weight is None else blend_weight)
+                   blend_weight=meta["scorer"]["blend_weight"] if blend_weight is None else blend_weight,
+                   click=predictor("click", False) if has_click else None,
+                   click_feature_names=list(meta["click_features"]) if has_click else None)
+
+    def raw_purchase_probability(self, X: np.ndarray) -> np.ndarray:
+        """Uncalibrated P(purchase | examined) of each candidate row of ``X`` (n, d) at slot 0, shape (n,)."""
+        slot0 = np.hstack([X, np.zeros((len(X), 1))]) if (self._with_position or self._click_position) else X
+        p = self.purchase.predict(slot0 if self._with_position else X)
+        if self.click is not None:
+            p = p * self.click.predict(slot0 if self._click_position else X)
+        return p
 
     def purchase_probability(self, X: np.ndarray) -> np.ndarray:
         """Calibrated P(purchase | examined) of each candidate row of ``X`` (n, d), shape (n,)."""
-        Xp = np.hstack([X, np.zeros((len(X), 1))]) if self._with_position else X
-        return self.calibrator.predict(self.purchase.predict(Xp))
+        return self.calibrator.predict(self.raw_purchase_probability(X))
 
     def score(self, X: Any, *, price: Any, margin: Any = None, request_index: Any = None) -> ScoredCandidates:
         """Score a batch of candidates.
@@ -207,6 +226,14 @@ class ExpectedGMVScorer:
             final = egmv
         return ScoredCandidates(ranker_score=ranker_score, purchase_probability=p, expected_gmv=egmv, score=final,
                                 request_index=req)
+
+
+def _slot_appended(name: str, names: list[str], feature_names: list[str]) -> bool:
+    """Whether a model's feature list is ``feature_names`` followed by the slot (else exactly it)."""
+    extra = names[len(feature_names):]
+    if names[: len(feature_names)] != feature_names or extra not in ([], [POSITION_FEATURE]):
+        raise ValueError(f"{name} must be feature_names, optionally followed by 'position'")
+    return extra == [POSITION_FEATURE]
 
 
 def _matrix(X: Any, d: int) -> np.ndarray:

@@ -37,9 +37,10 @@ import pandas as pd
 from ranking._metrics import group_sizes, ndcg_at_k
 from ranking.artifacts import write_metadata
 from ranking.calibration import (
-    IsotonicCalibrator,
+    Calibrator,
     expected_calibration_error,
     plot_reliability_diagram,
+    select_calibrator,
 )
 from ranking.compile import (
     CompilationError,
@@ -76,6 +77,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("request_id", "ts", "label", "position", "r
                                      "clicked", "sample_weight", "price")
 COMPILE_TOLERANCE = 1e-5
 _FILES = {"ranker": "ranker.txt", "purchase": "purchase.txt", "calibrator": "calibrator.npz"}
+CLICK_FILE = "click.txt"
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
@@ -288,10 +290,11 @@ def ranking_metrics(scores: np.ndarray, frame: pd.DataFrame, eval_at: tuple[int,
 
 @dataclass(frozen=True)
 class PurchaseFit:
-    """The purchase model, its calibrator, held-out metrics, and the held-out rows with their predictions."""
+    """The purchase model (and, factorised, its click model), its calibrator, held-out metrics,
+    and the held-out rows with their predictions."""
 
     model: PurchaseModel
-    calibrator: IsotonicCalibrator
+    calibrator: Calibrator
     features: list[str]
     metrics: dict[str, Any]
     window: dict[str, dict[str, Any]]
@@ -300,6 +303,8 @@ class PurchaseFit:
     heldout_raw: np.ndarray
     heldout_calibrated: np.ndarray
     heldout_weight: np.ndarray
+    click_model: PurchaseModel | None = None
+    click_features: list[str] | None = None
 
 
 def _purchase_rows(frame: pd.DataFrame, config: RankingConfig) -> pd.DataFrame:
@@ -322,53 +327,108 @@ def _binary_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray, n_bins: int) ->
     return out
 
 
-def fit_purchase_model(frame: pd.DataFrame, features: list[str], config: RankingConfig) -> PurchaseFit:
-    """Train, calibrate and measure the purchase model on rows whose label window has closed.
+def _with_position(part: pd.DataFrame, features: list[str], position: bool) -> pd.DataFrame:
+    X = part[features].astype("float64")
+    if position:
+        X = X.assign(**{POSITION_FEATURE: part["position"].astype("float64").to_numpy()})
+    return X
 
-    Those rows are split by time again (same fractions): the model trains on the first
-    slice, early-stops on the second, the isotonic calibrator is fitted on the second, and
-    metrics are measured on the third (on the second when ``test_fraction`` is 0, marked
-    ``heldout: "valid"``).
+
+def fit_purchase_model(frame: pd.DataFrame, features: list[str], config: RankingConfig) -> PurchaseFit:
+    """Train, calibrate and measure P(purchase | examined) on rows whose label window has closed.
+
+    Those rows are split by time again (same fractions): models train on the first slice and
+    early-stop on the second, the calibrator is chosen and fitted on the second
+    (:func:`ranking.calibration.select_calibrator`), and metrics are measured on the third (on
+    the second when ``test_fraction`` is 0, marked ``heldout: "valid"``).
+
+    With ``config.purchase_model == "click_then_purchase"`` the uncalibrated probability is
+    ``P(click | x, slot) * P(purchase | click, x)``: the click model learns from every row of the
+    train slice (the slot as a feature when ``purchase_position_feature``), the second factor
+    from its clicked rows (or rows with a purchase). The calibrator maps that product, taken at
+    each row's logged slot, to the observed purchases; candidates are scored at slot 0.
 
     Raises
     ------
     ValueError
-        When too few rows have a complete label, or a slice has no purchase.
+        When too few rows have a complete label, or a slice has no purchase (or no click).
     """
     rows = _purchase_rows(frame, config)
     if rows["request_id"].nunique() < 10:
         raise ValueError(f"only {len(rows)} rows have a complete {config.purchase_label} label: use a longer log, "
                          "purchase_label='purchased_24h' or complete_labels_only=false")
     slices = split_by_time(rows, valid_fraction=config.valid_fraction, test_fraction=config.test_fraction)
-    names = features + ([POSITION_FEATURE] if config.purchase_position_feature else [])
+    position = config.purchase_position_feature
+    factorised = config.purchase_model == "click_then_purchase"
+    label = config.purchase_label
 
-    def arrays(part: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-        X = part[features].astype("float64")
-        if config.purchase_position_feature:
-            X = X.assign(**{POSITION_FEATURE: part["position"].astype("float64").to_numpy()})
-        return X, part[config.purchase_label].to_numpy(dtype=bool), part["sample_weight"].to_numpy(dtype=np.float64)
+    def target(part: pd.DataFrame) -> np.ndarray:
+        return part[label].to_numpy(dtype=bool)
 
-    Xt, yt, wt = arrays(slices.train)
-    Xv, yv, wv = arrays(slices.valid)
-    if yv.sum() == 0:
+    def weight(part: pd.DataFrame) -> np.ndarray:
+        return part["sample_weight"].to_numpy(dtype=np.float64)
+
+    if slices.valid[label].sum() == 0:
         raise ValueError("the purchase model's validation slice has no purchase: cannot calibrate")
-    model = PurchaseModel(params=config.purchase, num_threads=config.num_threads, seed=config.seed)
-    model.fit(Xt, yt, sample_weight=wt, eval_set=(Xv, yv, wv), feature_names=names)
-    calibrator = IsotonicCalibrator().fit(model.predict_proba(Xv), yv, sample_weight=wv)
+    click_model = None
+    click_names: list[str] | None = None
+    if factorised:
+        click_names = features + ([POSITION_FEATURE] if position else [])
+        click_model = PurchaseModel(params=config.click, num_threads=config.num_threads, seed=config.seed)
+        click_model.fit(_with_position(slices.train, features, position), slices.train["clicked"].to_numpy(bool),
+                        sample_weight=weight(slices.train),
+                        eval_set=(_with_position(slices.valid, features, position),
+                                  slices.valid["clicked"].to_numpy(bool), weight(slices.valid)),
+                        feature_names=click_names)
+        names = list(features)
+
+        def engaged(part: pd.DataFrame) -> pd.DataFrame:
+            return part[part["clicked"].to_numpy(bool) | target(part)]
+
+        tr, va = engaged(slices.train), engaged(slices.valid)
+        if target(tr).sum() == 0 or target(va).sum() == 0:
+            raise ValueError("the clicked rows of the train or validation slice hold no purchase: cannot learn "
+                             "P(purchase | click); use purchase_model='direct' or a longer log")
+        model = PurchaseModel(params=config.purchase, num_threads=config.num_threads, seed=config.seed)
+        model.fit(tr[features].astype("float64"), target(tr), sample_weight=weight(tr),
+                  eval_set=(va[features].astype("float64"), target(va), weight(va)), feature_names=names)
+    else:
+        names = features + ([POSITION_FEATURE] if position else [])
+        model = PurchaseModel(params=config.purchase, num_threads=config.num_threads, seed=config.seed)
+        model.fit(_with_position(slices.train, features, position), target(slices.train),
+                  sample_weight=weight(slices.train),
+                  eval_set=(_with_position(slices.valid, features, position), target(slices.valid),
+                            weight(slices.valid)), feature_names=names)
+
+    def raw(part: pd.DataFrame) -> np.ndarray:
+        """Uncalibrated P(purchase) of each row at its logged slot."""
+        if click_model is not None:
+            return (click_model.predict_proba(_with_position(part, features, position))
+                    * model.predict_proba(part[features].astype("float64")))
+        return model.predict_proba(_with_position(part, features, position))
+
+    calibrator, losses = select_calibrator(raw(slices.valid), target(slices.valid),
+                                           sample_weight=weight(slices.valid), kind=config.calibration,
+                                           seed=config.seed)
     heldout_name = "test" if len(slices.test) else "valid"
     heldout_rows = slices.test if len(slices.test) else slices.valid
-    Xh, yh, wh = arrays(heldout_rows)
-    raw = model.predict_proba(Xh)
-    cal = calibrator.predict(raw)
-    uncal = _binary_metrics(yh.astype(float), raw, wh, config.calibration_bins)
-    calm = _binary_metrics(yh.astype(float), cal, wh, config.calibration_bins)
-    metrics: dict[str, Any] = {"heldout": heldout_name, "best_iteration": model.best_iteration_, "valid": model.valid_scores_,
-               "uncalibrated": uncal, "calibrated": calm,
-               "calibrator_breakpoints": len(calibrator.x_thresholds_)}
-    logger.info("purchase model: held-out ECE %.5f -> %.5f after isotonic (base rate %.5f)",
-                uncal["ece"], calm["ece"], calm["base_rate"])
+    yh, wh = target(heldout_rows).astype(float), weight(heldout_rows)
+    raw_h = raw(heldout_rows)
+    cal = calibrator.predict(raw_h)
+    uncal = _binary_metrics(yh, raw_h, wh, config.calibration_bins)
+    calm = _binary_metrics(yh, cal, wh, config.calibration_bins)
+    metrics: dict[str, Any] = {"heldout": heldout_name, "best_iteration": model.best_iteration_,
+                               "valid": model.valid_scores_, "uncalibrated": uncal, "calibrated": calm,
+                               "calibrator": calibrator.kind, "calibrator_log_loss": losses,
+                               "model": config.purchase_model}
+    if click_model is not None:
+        metrics["click"] = {"best_iteration": click_model.best_iteration_, "valid": click_model.valid_scores_}
+    logger.info("purchase model (%s): held-out log loss %.5f -> %.5f, ECE %.5f -> %.5f after %s calibration "
+                "(base rate %.5f)", config.purchase_model, uncal["log_loss"], calm["log_loss"], uncal["ece"],
+                calm["ece"], calibrator.kind, calm["base_rate"])
     return PurchaseFit(model=model, calibrator=calibrator, features=names, metrics=metrics, window=slices.window(),
-                       heldout_rows=heldout_rows, heldout_y=yh.astype(float), heldout_raw=raw, heldout_calibrated=cal, heldout_weight=wh)
+                       heldout_rows=heldout_rows, heldout_y=yh, heldout_raw=raw_h, heldout_calibrated=cal,
+                       heldout_weight=wh, click_model=click_model, click_features=click_names)
 
 
 @dataclass(frozen=True)
@@ -396,21 +456,23 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _compile_both(root: Path, config: RankingConfig, heldout: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Compile each model, check it against LightGBM on held-out rows, keep it only if equal."""
+def _compile_all(root: Path, config: RankingConfig, heldout: dict[str, np.ndarray],
+                 files: dict[str, str]) -> dict[str, Any]:
+    """Compile each model in ``heldout``, check it against LightGBM on those rows, keep it only if equal."""
 
     report: dict[str, Any] = {}
-    for name, raw in (("ranker", True), ("purchase", False)):
+    for name in heldout:
+        raw = name == "ranker"
         lib = root / f"{name}.so"
         lib.unlink(missing_ok=True)
         if not config.compile.enabled:
             report[name] = {"ok": False, "error": "compiling disabled (ranking.compile.enabled=false)"}
             continue
         try:
-            compile_model(root / _FILES[name], lib, toolchain=config.compile.toolchain,
+            compile_model(root / files[name], lib, toolchain=config.compile.toolchain,
                           quantize=config.compile.quantize, parallel_comp=config.compile.parallel_comp,
                           nthread=config.num_threads)
-            native = NativePredictor.load(root / _FILES[name], raw_score=raw)
+            native = NativePredictor.load(root / files[name], raw_score=raw)
             X = heldout[name]
             diff = float(np.max(np.abs(CompiledPredictor.load(lib, raw_score=raw).predict(X) - native.predict(X))))
         except CompilationError as exc:
@@ -506,21 +568,28 @@ def train_ranking_models(frame: pd.DataFrame, config: RankingConfig, out_dir: st
     purchase = fit_purchase_model(frame, features, config)
     purchase.model.save(root / _FILES["purchase"])
     purchase.calibrator.save(root / _FILES["calibrator"])
+    files: dict[str, str] = dict(_FILES)
+    (root / CLICK_FILE).unlink(missing_ok=True)
+    if purchase.click_model is not None:
+        purchase.click_model.save(root / CLICK_FILE)
+        files["click"] = CLICK_FILE
 
     sample = slices.test if len(slices.test) else slices.valid
     sample = sample.iloc[: min(len(sample), 2000)]
-    heldout = {"ranker": sample[features].to_numpy(dtype=np.float64)}
-    heldout["purchase"] = (np.hstack([heldout["ranker"], sample[["position"]].to_numpy(dtype=np.float64)])
-                           if config.purchase_position_feature else heldout["ranker"])
-    compiled = _compile_both(root, config, heldout)
+    plain = sample[features].to_numpy(dtype=np.float64)
+    with_slot = (np.hstack([plain, sample[["position"]].to_numpy(dtype=np.float64)])
+                 if config.purchase_position_feature else plain)
+    heldout = {"ranker": plain, "purchase": plain if purchase.click_model is not None else with_slot}
+    if purchase.click_model is not None:
+        heldout["click"] = with_slot
+    compiled = _compile_all(root, config, heldout, files)
 
-    files: dict[str, str] = dict(_FILES)
     for name, rep in compiled.items():
         if rep["ok"]:
             files[f"{name}_lib"] = rep["file"]
     if figures:
         plot_reliability_diagram(purchase.heldout_y, {"uncalibrated": purchase.heldout_raw,
-                                                      "isotonic": purchase.heldout_calibrated},
+                                                      purchase.calibrator.kind: purchase.heldout_calibrated},
                                  root / "reliability.png", n_bins=config.calibration_bins,
                                  sample_weight=purchase.heldout_weight,
                                  title=f"P({config.purchase_label}) on the held-out slice")
@@ -535,14 +604,21 @@ def train_ranking_models(frame: pd.DataFrame, config: RankingConfig, out_dir: st
         "created_at": datetime.now(UTC).isoformat(),
         "features": features,
         "purchase_features": purchase.features,
+        "click_features": purchase.click_features,
         "training_window": {"ranker": slices.window(), "purchase": purchase.window},
-        "labels": {"ranker": "label (graded 0-3)", "purchase": config.purchase_label,
+        "labels": {"ranker": "label (graded 0-3)",
+                   "purchase": config.purchase_label if purchase.click_model is None
+                   else f"{config.purchase_label} among clicked rows",
+                   "click": None if purchase.click_model is None else "clicked",
                    "complete_labels_only": config.complete_labels_only},
         "metrics": {"ranker": ranker_metrics, "purchase": purchase.metrics},
         "ranker": {"ips_weighting": config.ips_weighting, "params": asdict(params),
                    "tuned": tuning is not None, "best_iteration": ranker.best_iteration_},
         "purchase": {"params": asdict(config.purchase), "position_feature": config.purchase_position_feature,
-                     "best_iteration": purchase.model.best_iteration_},
+                     "best_iteration": purchase.model.best_iteration_, "model": config.purchase_model,
+                     "calibrator": purchase.calibrator.kind,
+                     "click_best_iteration": None if purchase.click_model is None
+                     else purchase.click_model.best_iteration_},
         "propensity": None if propensity is None else {**propensity.to_dict(),
                                                        "max_weight": config.propensity.max_weight},
         "tuning": None if tuning is None else {"best_value": tuning.best_value, "file": "tuning.json",

@@ -91,7 +91,7 @@ class ModelPipeline(PipelineBase):
             margin = self.snapshot.margin_rate[rows] if self.use_margin else None
             scored = self.scorer.score(X, price=self.snapshot.price[rows], margin=margin)
         return Scored(rows=rows, score=scored.score, p_purchase=scored.purchase_probability,
-                      expected_gmv=scored.expected_gmv, fallbacks=tuple(fallbacks))
+                      expected_gmv=scored.expected_gmv, fallbacks=tuple(fallbacks), ranker_score=scored.ranker_score)
 
     def _retrieve(self, requests: Sequence[FeedRequest]) -> list[np.ndarray]:
         """Snapshot rows of each request's candidates, from one retriever call (same candidate_count)."""

@@ -24,7 +24,7 @@ from serving.rerank import Candidates, Reranker
 from serving.router import FeedItem, FeedResult, ModelVersions
 from serving.snapshot import ItemSnapshot
 
-__all__ = ["PipelineBase", "PopularityPipeline", "Scored"]
+__all__ = ["Arranged", "PipelineBase", "PopularityPipeline", "Scored"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,34 @@ class Scored:
     p_purchase: np.ndarray
     expected_gmv: np.ndarray
     fallbacks: tuple[str, ...] = ()
+    ranker_score: np.ndarray | None = None  # the learnt ranker's own score, where there is one
+
+
+@dataclass(frozen=True)
+class Arranged:
+    """Scored candidates placed into a feed: re-ranked, then explored.
+
+    Attributes
+    ----------
+    candidates : Candidates
+        The scored candidates as the re-ranker saw them.
+    reranked : ndarray of int
+        Indices into the candidates in re-ranked order (before exploration).
+    order : ndarray of int
+        Indices into the candidates in served order.
+    reasons : list of list of str
+        Per served slot, the rules (and ``exploration``) that moved the item.
+    propensity : ndarray of float
+        Per served slot, the exact probability of that item at that slot.
+    randomized : bool
+    """
+
+    candidates: Candidates
+    reranked: np.ndarray
+    order: np.ndarray
+    reasons: list[list[str]]
+    propensity: np.ndarray
+    randomized: bool
 
 
 def _check_deadline(deadline: float | None, stage: str) -> None:
@@ -83,34 +111,46 @@ class PipelineBase(ABC):
         """Items the user already bought (filtered out); None when unknown."""
         return None
 
+    def score(self, request: FeedRequest, *, timer: StageTimer | None = None, deadline: float | None = None,
+              candidates: np.ndarray | None = None) -> Scored:
+        """Retrieve and score ``request``'s candidates (no re-ranking, nothing logged)."""
+        return self._score(request, StageTimer() if timer is None else timer, deadline, candidates)
+
+    def arrange(self, request: FeedRequest, scored: Scored) -> Arranged:
+        """Re-rank ``scored`` under the fairness and diversity rules, then apply exploration
+        (seeded by the request id, so the same request is always served alike)."""
+        snap = self.snapshot
+        rows = scored.rows
+        cands = Candidates(item_ids=snap.item_ids[rows], scores=scored.score, seller_ids=snap.seller_ids[rows],
+                           category_ids=snap.category_ids[rows], is_new_seller=snap.is_new_seller[rows],
+                           in_stock=snap.in_stock[rows])
+        result = self.reranker.rerank(cands, request.k, purchased=self._purchased(request),
+                                      excluded=request.exclude_item_ids)
+        rng = np.random.default_rng(stable_id(request.request_id))
+        exp = explore(len(result.order), self.exploration, rng)
+        reasons = [result.reasons[i] + (["exploration"] if exp.randomized and i != s else [])
+                   for s, i in enumerate(exp.order)]
+        return Arranged(candidates=cands, reranked=result.order, order=result.order[exp.order], reasons=reasons,
+                        propensity=exp.propensity, randomized=exp.randomized)
+
     def rank(self, request: FeedRequest, *, arm: str, timer: StageTimer, deadline: float | None,
              candidates: np.ndarray | None = None) -> FeedResult:
         scored = self._score(request, timer, deadline, candidates)
         _check_deadline(deadline, "re-ranking")
-        snap = self.snapshot
         with timer.stage("rerank"):
-            rows = scored.rows
-            cands = Candidates(item_ids=snap.item_ids[rows], scores=scored.score, seller_ids=snap.seller_ids[rows],
-                               category_ids=snap.category_ids[rows], is_new_seller=snap.is_new_seller[rows],
-                               in_stock=snap.in_stock[rows])
-            result = self.reranker.rerank(cands, request.k, purchased=self._purchased(request),
-                                          excluded=request.exclude_item_ids)
-            rng = np.random.default_rng(stable_id(request.request_id))
-            exp = explore(len(result.order), self.exploration, rng)
-            order = result.order[exp.order]
-            reasons = [result.reasons[i] + (["exploration"] if exp.randomized and i != s else [])
-                       for s, i in enumerate(exp.order)]
+            arranged = self.arrange(request, scored)
+        cands, order = arranged.candidates, arranged.order
         items = [FeedItem(item_id=int(cands.item_ids[i]), score=float(scored.score[i]),
                           p_purchase=float(scored.p_purchase[i]), expected_gmv=float(scored.expected_gmv[i]),
                           seller_id=int(cands.seller_ids[i]), category_id=int(cands.category_ids[i]),
                           reasons=tuple(r), propensity=float(p))
-                 for i, r, p in zip(order.tolist(), reasons, exp.propensity.tolist(), strict=True)]
+                 for i, r, p in zip(order.tolist(), arranged.reasons, arranged.propensity.tolist(), strict=True)]
         if self.impression_log is not None and items:
             self.impression_log.log(ImpressionBatch(
                 request_key=request.request_id, ts_us=request.ts_us, user_id=request.user_id,
-                item_ids=cands.item_ids[order], propensity=exp.propensity, scores=scored.score[order],
-                policy=self.versions.ranker, arm=arm, randomized=exp.randomized, device=request.device))
-        return FeedResult(items=items, randomized=exp.randomized, fallbacks=scored.fallbacks)
+                item_ids=cands.item_ids[order], propensity=arranged.propensity, scores=scored.score[order],
+                policy=self.versions.ranker, arm=arm, randomized=arranged.randomized, device=request.device))
+        return FeedResult(items=items, randomized=arranged.randomized, fallbacks=scored.fallbacks)
 
 
 class PopularityPipeline(PipelineBase):

@@ -13,8 +13,15 @@ from experiments.ab import assign_arm
 from experiments.ab_readout import analyze_experiment, load_experiment, read_metadata
 from experiments.ab_simulation import ABSimulationConfig, run_ab_simulation
 from experiments.config import SimulatorConfig
-from experiments.policies import HistoryAffinityPolicy, LogHistory, PopularityPolicy, RankingPolicy
+from experiments.policies import (
+    HistoryAffinityPolicy,
+    LogHistory,
+    OraclePolicy,
+    PopularityPolicy,
+    RankingPolicy,
+)
 from experiments.simulator import MarketplaceSimulator
+from experiments.simulator.policy import LOGGING_POLICY_NAME, RANDOM_POLICY_NAME
 from features.contract import TABLE_ORDER
 from features.validation import validate_logs
 
@@ -131,8 +138,12 @@ def test_logs_follow_the_contract_and_the_design(ab_run, sim):
     start = result.experiment_start
     assert start == pd.Timestamp(CONFIG.start_date, tz="UTC") + pd.Timedelta(days=DESIGN.pre_days)
     pre, exp = imp[imp["ts"] < start], imp[imp["ts"] >= start]
-    # Pre-period: both arms on control.
-    assert set(pre["policy"]) == {result.control_policy} and set(pre["arm"]) == {"control", "treatment"}
+    # Pre-period: both arms on the incumbent's exploring policy (noisy popularity, a randomized share).
+    assert set(pre["policy"]) == {LOGGING_POLICY_NAME, RANDOM_POLICY_NAME}
+    assert set(pre["arm"]) == {"control", "treatment"}
+    rand = pre[pre["randomized"]]
+    assert 0 < rand["request_id"].nunique() < 0.1 * pre["request_id"].nunique()
+    assert rand["propensity"].notna().all() and pre.loc[~pre["randomized"], "propensity"].isna().all()
     # Experiment: each arm's policy, users in the arm the salted hash gives them.
     assert (exp.groupby("arm")["policy"].unique().map(tuple).to_dict()
             == {"control": (result.control_policy,), "treatment": (result.treatment_policy,)})
@@ -173,7 +184,8 @@ def test_treatment_factory_sees_only_history_before_the_experiment(ab_run):
 def test_pre_period_exploration_and_the_exported_history(tmp_path):
     """A factory may export the contract logs before the start (what a trained model learns from)."""
     small = MarketplaceSimulator(SimulatorConfig(users=300, items=200, sellers=20, categories=8, days=3, seed=4))
-    design = ABSimulationConfig(pre_days=2, experiment_days=1, pre_period_randomized_share=0.3)
+    design = ABSimulationConfig(pre_days=2, experiment_days=1, pre_period_policy="control",
+                                pre_period_randomized_share=0.3)
     exported: list[Path] = []
 
     def factory(history: LogHistory) -> PopularityPolicy:
@@ -259,6 +271,9 @@ def test_history_affinity_follows_each_buyers_history():
     (lambda: ABSimulationConfig(pre_days=0), ValueError, "pre_days"),
     (lambda: ABSimulationConfig(treatment_share=1.0), ValueError, "treatment_share"),
     (lambda: ABSimulationConfig(pre_period_randomized_share=1.5), ValueError, "pre_period_randomized_share"),
+    (lambda: ABSimulationConfig(pre_period_randomized_share=0.2), ValueError, "pre_period_randomized_share"),
+    (lambda: ABSimulationConfig(pre_period_policy="random"), ValueError, "pre_period_policy"),
+    (lambda: ABSimulationConfig(batch_minutes=0), ValueError, "batch_minutes"),
     (lambda: LogHistory(events=pd.DataFrame({"user_id": [1], "item_id": [0], "type": ["click"]}),
                         items=pd.DataFrame({"item_id": [0], "category_id": [0]})).export_logs("x"),
      ValueError, "log_dir"),
@@ -345,3 +360,46 @@ def test_the_full_system_is_trained_only_on_logs_before_the_experiment(full_syst
     assert rand.loc[rand["position"] >= n, "propensity"].isna().all()
     assert imp.loc[~imp["randomized"], "propensity"].isna().all()
     assert set(imp["policy"]) == {"popularity-v1"}
+
+
+def test_side_by_side_arms_are_judged_on_the_same_requests_and_observers_see_the_stream(tmp_path):
+    """Side arms are asked on every experiment request and judged on the truth, never served; the
+    oracle beats popularity; a policy with ``observe`` gets every logged row, in time order."""
+    small = MarketplaceSimulator(SimulatorConfig(users=300, items=200, sellers=20, categories=8, days=3, seed=5))
+    design = ABSimulationConfig(pre_days=2, experiment_days=1, batch_minutes=60)
+    control = PopularityPolicy.from_simulator(small)
+    seen: list[tuple[pd.Timestamp, int, int]] = []
+
+    class Observing(PopularityPolicy):
+        def observe(self, impressions: pd.DataFrame, events: pd.DataFrame) -> None:
+            seen.append((impressions["ts"].max(), len(impressions), len(events)))
+
+    watcher = Observing(item_score=control.item_score, feed_length=control.feed_length, name="observing")
+    result = run_ab_simulation(small, control, control, tmp_path / "ab", config=design, progress=False,
+                               arms={"oracle": OraclePolicy(small), "watcher": watcher,
+                                     "logs": lambda h: PopularityPolicy.from_history(h, feed_length=20)})
+    per_user = result.per_user("gmv")
+    assert set(per_user) == {"control", "treatment", "oracle", "watcher", "logs"}
+    assert per_user["watcher"] == pytest.approx(per_user["control"])  # same feeds, same requests
+    assert per_user["oracle"] > 2 * per_user["control"]
+    assert result.arm_policies["oracle"] == "oracle"
+    logged = _read(Path(result.log_dir), "impressions")
+    assert set(logged["policy"]) >= {"popularity-v1"} and "oracle" not in set(logged["policy"])
+    # the pre-period in one call, then one call per served batch, in time order
+    assert seen[0][1] == (logged["ts"] < result.experiment_start).sum()
+    stamps = [t for t, _, _ in seen[1:]]
+    assert len(stamps) >= 12 and stamps == sorted(stamps)
+    with pytest.raises(ValueError, match="arms keys"):
+        run_ab_simulation(small, control, control, tmp_path / "x", config=design, arms={"control": control})
+
+
+def test_oracle_policy_serves_the_best_available_items_by_true_value():
+    small = MarketplaceSimulator(SimulatorConfig(users=50, items=120, sellers=10, categories=5, days=1, seed=2))
+    reqs = small.requests_for_day(0).take(slice(0, 20))
+    available = small.available_items(0)
+    oracle = OraclePolicy(small, feed_length=10, block=7)
+    feeds = oracle.serve(reqs, available, np.random.default_rng(0))
+    ids = np.flatnonzero(available)
+    value = oracle.true_values(reqs, np.broadcast_to(ids, (len(reqs), ids.size)))
+    best = ids[np.argsort(-value, axis=1, kind="stable")[:, :10]]
+    np.testing.assert_array_equal(feeds, best)

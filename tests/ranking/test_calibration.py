@@ -7,10 +7,13 @@ import pytest
 from sklearn.isotonic import IsotonicRegression
 
 from ranking.calibration import (
+    PROB_FLOOR,
     IsotonicCalibrator,
     expected_calibration_error,
+    load_calibrator,
     plot_reliability_diagram,
     reliability_curve,
+    select_calibrator,
 )
 
 
@@ -27,7 +30,10 @@ def test_predictions_equal_sklearn_isotonic():
     cal = IsotonicCalibrator().fit(s, y, sample_weight=w)
     ref = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(s, y, sample_weight=w)
     probe = np.r_[s[:500], -1.0, 2.0]  # outside the fitted range too
-    np.testing.assert_allclose(cal.predict(probe), ref.predict(probe), atol=1e-12)
+    # scikit-learn's fit, kept off exactly 0 and 1 (PROB_FLOOR)
+    expected = np.clip(ref.predict(probe), PROB_FLOOR, 1 - PROB_FLOOR)
+    np.testing.assert_allclose(cal.predict(probe), expected, atol=1e-12)
+    assert cal.predict(probe).min() >= PROB_FLOOR
 
 
 def test_calibration_removes_most_of_the_error():
@@ -44,7 +50,7 @@ def test_save_and_load_without_pickle(tmp_path):
     cal = IsotonicCalibrator().fit(s, y)
     path = cal.save(tmp_path / "cal.npz")
     with np.load(path, allow_pickle=False) as data:
-        assert set(data.files) == {"x_thresholds", "y_thresholds", "format_version"}
+        assert set(data.files) == {"kind", "x_thresholds", "y_thresholds", "format_version"}
         assert all(data[k].dtype != object for k in data.files)
     again = IsotonicCalibrator.load(path)
     np.testing.assert_array_equal(again.predict(s), cal.predict(s))
@@ -54,10 +60,37 @@ def test_load_refuses_foreign_files(tmp_path):
     np.savez(tmp_path / "other.npz", x=np.arange(3))
     with pytest.raises(ValueError, match="not an IsotonicCalibrator file"):
         IsotonicCalibrator.load(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match="(?i)calibrator"):
+        load_calibrator(tmp_path / "other.npz")
     np.savez(tmp_path / "bad.npz", x_thresholds=np.array([0.0, 1.0]), y_thresholds=np.array([0.5, 0.1]),
              format_version=np.array(1))
     with pytest.raises(ValueError, match="non-decreasing"):
         IsotonicCalibrator.load(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("kind", ["isotonic", "platt", "none"])
+def test_every_calibrator_round_trips_without_pickle(tmp_path, kind):
+    y, s = _miscalibrated(n=4000)
+    cal, _ = select_calibrator(s, y, kind=kind)
+    assert cal.kind == kind
+    path = cal.save(tmp_path / f"{kind}.npz")
+    again = load_calibrator(path)
+    assert type(again) is type(cal)
+    np.testing.assert_allclose(again.predict(s), cal.predict(s))
+    assert PROB_FLOOR <= again.predict(s).min() and again.predict(s).max() <= 1 - PROB_FLOOR
+
+
+def test_auto_selection_never_makes_held_out_log_loss_worse():
+    """Calibrated model scores: 'none' should win or tie; badly scaled ones: a fitted map wins."""
+    rng = np.random.default_rng(3)
+    true_p = rng.beta(0.5, 20, 20_000)
+    y = (rng.random(len(true_p)) < true_p).astype(float)
+    cal, losses = select_calibrator(true_p, y)
+    assert losses[cal.kind] <= losses["none"]
+    assert losses["none"] <= min(losses.values()) + 2e-3  # calibrated input: nothing beats it by much
+    y2, s2 = _miscalibrated(n=20_000, seed=4)
+    cal2, losses2 = select_calibrator(s2, y2)
+    assert cal2.kind in ("isotonic", "platt") and losses2[cal2.kind] < losses2["none"]
 
 
 def test_ece_known_answer():

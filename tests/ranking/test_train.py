@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ranking.artifacts import read_metadata
-from ranking.calibration import IsotonicCalibrator
+from ranking.calibration import load_calibrator
 from ranking.compile import CompiledModelUnavailableWarning
 from ranking.config import CompileConfig, RankingConfig, TuningConfig
 from ranking.scorer import ExpectedGMVScorer
@@ -54,11 +54,13 @@ def test_artifacts_and_metadata(trained, synthetic_frame):
     meta = read_metadata(root)
     assert meta["format_version"] == 1
     assert meta["features"] == [c for c in synthetic_frame.columns if c.startswith("f_")]
-    assert meta["purchase_features"] == meta["features"] + ["position"]
-    for name in ("ranker.txt", "purchase.txt"):
+    # factorised purchase model: P(click | examined) with the slot, P(purchase | click) without
+    assert meta["click_features"] == meta["features"] + ["position"]
+    assert meta["purchase_features"] == meta["features"]
+    for name in ("ranker.txt", "purchase.txt", "click.txt"):
         assert (root / name).read_text().startswith("tree")
-    assert IsotonicCalibrator.load(root / "calibrator.npz").x_thresholds_.ndim == 1
-    for name in ("ranker.so", "purchase.so", "reliability.png", "examination.png"):
+    assert load_calibrator(root / "calibrator.npz").kind == meta["purchase"]["calibrator"]
+    for name in ("ranker.so", "purchase.so", "click.so", "reliability.png", "examination.png"):
         assert (root / name).stat().st_size > 0
     for name in ("ranker", "purchase"):
         assert meta["compile"][name]["ok"] and meta["compile"][name]["max_abs_diff"] <= 1e-5
