@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import EVENT_TYPES
+from features.metrics import recall_at_k
 from retrieval.inputs import HOUR_US
 from retrieval.logs import EventLog
 from retrieval.retriever import RequestContext, Retriever
@@ -116,7 +117,12 @@ def time_split_queries(log: EventLog, *, start_us: int, end_us: int, event_types
 
 
 def recall_at_k_score(retrieved: np.ndarray, targets: Sequence[np.ndarray], k: int) -> float:
-    """Mean over users of ``|top-k retrieved ∩ targets| / |targets|``.
+    """Mean over users of ``|top-k retrieved ∩ targets| / |targets|``: :func:`features.metrics.recall_at_k`.
+
+    The definition is that of :func:`features.metrics.recall_at_k` (users without targets
+    skipped, NaN when none is left); this adapter turns id lists into its rows: each retrieved
+    id scored by its position (a repeated id counts once, at its first position) and each
+    target that was not retrieved in the top ``k`` as a row below all of them.
 
     Parameters
     ----------
@@ -136,17 +142,24 @@ def recall_at_k_score(retrieved: np.ndarray, targets: Sequence[np.ndarray], k: i
         raise ValueError(f"retrieved must have shape (len(targets)={len(targets)}, K), got {retrieved.shape}")
     if not 1 <= k <= retrieved.shape[1]:
         raise ValueError(f"k must be in [1, {retrieved.shape[1]}], got {k}")
-    per_user = _recall_per_user(retrieved[:, :k], targets)
-    return float(np.nanmean(per_user)) if np.isfinite(per_user).any() else float("nan")
-
-
-def _recall_per_user(retrieved: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
-    out = np.full(len(targets), np.nan)
-    for i, t in enumerate(targets):
-        t = np.unique(np.asarray(t))
-        if len(t):
-            out[i] = np.isin(t, retrieved[i]).mean()
-    return out
+    n = len(targets)
+    target = pd.DataFrame({"user": np.repeat(np.arange(n), [len(t) for t in targets]),
+                           "item": np.concatenate([np.asarray(t).ravel() for t in targets]) if n else []})
+    target = target.drop_duplicates().assign(relevant=1.0)
+    if target.empty:
+        return float("nan")
+    # Every one of the k slots stays a row (a repeat becomes an irrelevant filler), so targets not
+    # retrieved rank at k or below and never count as hits.
+    top = pd.DataFrame({"user": np.repeat(np.arange(n), k), "item": retrieved[:, :k].ravel(),
+                        "score": -np.tile(np.arange(k, dtype=np.float64), n)})
+    first = ~top.duplicated(["user", "item"]).to_numpy()
+    top = top.merge(target, on=["user", "item"], how="left", sort=False)
+    top["relevant"] = np.where(first, top["relevant"].fillna(0.0).to_numpy(), 0.0)
+    missed = target.merge(top.loc[top["relevant"] > 0, ["user", "item"]], on=["user", "item"], how="left",
+                          indicator=True)
+    missed = missed.loc[missed["_merge"] == "left_only", ["user", "item", "relevant"]].assign(score=-float(k))
+    rows = pd.concat([top, missed], ignore_index=True)
+    return recall_at_k(rows["relevant"].to_numpy(), rows["score"].to_numpy(), rows["user"].to_numpy(), k)
 
 
 def evaluate_retrievers(retrievers: Mapping[str, Retriever], queries: EvaluationQueries, *,
