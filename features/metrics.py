@@ -626,13 +626,18 @@ def _calibration_inputs(
         raise _fail("n_bins", ">= 1", n_bins)
     if strategy not in ("uniform", "quantile"):
         raise _fail("strategy", "'uniform' or 'quantile'", repr(strategy))
+    return y, p, _row_weights(sample_weight, y)
+
+
+def _row_weights(sample_weight: Any, y: np.ndarray) -> np.ndarray:
+    """Non-negative row weights of the length of ``y``, not all zero; ones when None."""
     if sample_weight is None:
-        return y, p, np.ones(y.size)
+        return np.ones(y.size)
     w = _float_1d(sample_weight, "sample_weight", low=0.0)
     _check_lengths(y_true=y, sample_weight=w)
     if w.sum() <= 0.0:
         raise _fail("sample_weight", "not all zero", "a total weight of 0")
-    return y, p, w
+    return w
 
 
 def _bin_edges(p: np.ndarray, w: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:

@@ -22,6 +22,10 @@ import numpy as np
 from features.metrics import (
     BinStrategy,
     ReliabilityCurve,
+    _binary_1d,
+    _check_lengths,
+    _float_1d,
+    _row_weights,
     expected_calibration_error,
     reliability_curve,
 )
@@ -38,37 +42,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 1
-
-
-def _check_inputs(y_true: Any, y_prob: Any, sample_weight: Any, *, prob_name: str = "y_prob",
-                  unit_interval: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    y = np.asarray(y_true)
-    p = np.asarray(y_prob)
-    if y.ndim != 1 or p.ndim != 1 or len(y) != len(p):
-        raise ValueError(f"y_true and {prob_name} must be 1-D of the same length, got shapes {y.shape} and {p.shape}")
-    if len(y) == 0:
-        raise ValueError("y_true must not be empty")
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-        raise TypeError(f"y_true must be numeric or bool, got dtype {y.dtype}")
-    if not np.issubdtype(p.dtype, np.number):
-        raise TypeError(f"{prob_name} must be numeric, got dtype {p.dtype}")
-    y = y.astype(np.float64)
-    p = p.astype(np.float64)
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("y_true must hold only 0 and 1")
-    if not np.all(np.isfinite(p)):
-        raise ValueError(f"{prob_name} must be finite")
-    if unit_interval and ((p < 0).any() or (p > 1).any()):
-        raise ValueError(f"{prob_name} must lie in [0, 1]")
-    if sample_weight is None:
-        w = np.ones(len(y))
-    else:
-        w = np.asarray(sample_weight, dtype=np.float64)
-        if w.shape != y.shape:
-            raise ValueError(f"sample_weight must have shape {y.shape}, got {w.shape}")
-        if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError("sample_weight must be finite, >= 0 and not all 0")
-    return y, p, w
 
 
 class IsotonicCalibrator:
@@ -93,7 +66,9 @@ class IsotonicCalibrator:
         """
         from sklearn.isotonic import IsotonicRegression
 
-        y, s, w = _check_inputs(y_true, scores, sample_weight, prob_name="scores", unit_interval=False)
+        y, s = _binary_1d(y_true, "y_true"), _float_1d(scores, "scores")
+        _check_lengths(y_true=y, scores=s)
+        w = _row_weights(sample_weight, y)
         iso = IsotonicRegression(increasing=True, y_min=0.0, y_max=1.0, out_of_bounds="clip")
         iso.fit(s, y, sample_weight=w)
         self.x_thresholds_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
