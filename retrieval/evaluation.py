@@ -143,23 +143,41 @@ def recall_at_k_score(retrieved: np.ndarray, targets: Sequence[np.ndarray], k: i
     if not 1 <= k <= retrieved.shape[1]:
         raise ValueError(f"k must be in [1, {retrieved.shape[1]}], got {k}")
     n = len(targets)
-    target = pd.DataFrame({"user": np.repeat(np.arange(n), [len(t) for t in targets]),
-                           "item": np.concatenate([np.asarray(t).ravel() for t in targets]) if n else []})
-    target = target.drop_duplicates().assign(relevant=1.0)
-    if target.empty:
+    t_user = np.repeat(np.arange(n, dtype=np.int64), [len(t) for t in targets])
+    t_item = np.concatenate([np.asarray(t).ravel() for t in targets]) if n else np.zeros(0, np.int64)
+    if t_item.size == 0:
         return float("nan")
+    top = retrieved[:, :k].ravel()
+    # (user, item) pairs as one integer key; items coded densely unless their ids already fit.
+    items = np.concatenate([top, t_item])
+    if np.issubdtype(items.dtype, np.integer) and items.min() >= 0 and (int(items.max()) + 1) * n < 2 ** 62:
+        codes, width = items.astype(np.int64), int(items.max()) + 1
+    else:
+        _, codes = np.unique(items, return_inverse=True)
+        codes, width = codes.reshape(-1), int(codes.max()) + 1
+    top_key = np.repeat(np.arange(n, dtype=np.int64), k) * width + codes[:top.size]
+    t_key = np.unique(t_user * width + codes[top.size:])
     # Every one of the k slots stays a row (a repeat becomes an irrelevant filler), so targets not
     # retrieved rank at k or below and never count as hits.
-    top = pd.DataFrame({"user": np.repeat(np.arange(n), k), "item": retrieved[:, :k].ravel(),
-                        "score": -np.tile(np.arange(k, dtype=np.float64), n)})
-    first = ~top.duplicated(["user", "item"]).to_numpy()
-    top = top.merge(target, on=["user", "item"], how="left", sort=False)
-    top["relevant"] = np.where(first, top["relevant"].fillna(0.0).to_numpy(), 0.0)
-    missed = target.merge(top.loc[top["relevant"] > 0, ["user", "item"]], on=["user", "item"], how="left",
-                          indicator=True)
-    missed = missed.loc[missed["_merge"] == "left_only", ["user", "item", "relevant"]].assign(score=-float(k))
-    rows = pd.concat([top, missed], ignore_index=True)
-    return recall_at_k(rows["relevant"].to_numpy(), rows["score"].to_numpy(), rows["user"].to_numpy(), k)
+    ordered = np.sort(retrieved[:, :k], axis=1)
+    if (ordered[:, 1:] == ordered[:, :-1]).any():
+        first = np.zeros(top.size, dtype=bool)
+        first[np.unique(top_key, return_index=True)[1]] = True
+    else:
+        first = np.ones(top.size, dtype=bool)
+    relevant = (first & _member(top_key, t_key)).astype(np.float64)
+    missed = t_key[~_member(t_key, np.sort(top_key[relevant > 0]))]
+    user = np.r_[top_key // width, missed // width]
+    score = np.r_[-np.tile(np.arange(k, dtype=np.float64), n), np.full(missed.size, -float(k))]
+    return recall_at_k(np.r_[relevant, np.ones(missed.size)], score, user, k)
+
+
+def _member(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Whether each value is in ``sorted_keys`` (a binary search: np.isin's hashing is slow on millions of keys)."""
+    if sorted_keys.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
+    return sorted_keys[pos] == values
 
 
 def evaluate_retrievers(retrievers: Mapping[str, Retriever], queries: EvaluationQueries, *,

@@ -65,6 +65,10 @@ def test_retrieval_recall_equals_the_shared_recall_and_the_plain_definition():
         user, _, score, rel = map(np.asarray, zip(*rows, strict=True))
         assert recall_at_k_score(retrieved, targets, k) == pytest.approx(plain, rel=1e-12)
         assert em.recall_at_k(rel, score, user, k) == pytest.approx(plain, rel=1e-12)
+    # A repeated id counts once and still takes its slot: item 2 sits at position 3, outside the top 3.
+    repeated = np.array([[1, 1, 1, 2], [3, 4, 5, 6]])
+    assert recall_at_k_score(repeated, [np.array([2, 1]), np.array([], dtype=np.int64)], 3) == pytest.approx(0.5)
+    assert recall_at_k_score(repeated, [np.array([2, 1]), np.array([6])], 4) == pytest.approx(1.0)
 
 
 def test_ece_is_one_number_for_both_former_call_sites():
