@@ -40,11 +40,16 @@ N_FEATURES = 300
 
 
 def per_query_ndcg(y: np.ndarray, score: np.ndarray, sizes: np.ndarray, k: int) -> np.ndarray:
-    """NDCG@k of each query (LightGBM's definition: gain 2^y - 1; 1 for queries without relevant rows)."""
+    """NDCG@k of each query (features.metrics' definition, gain 2^y - 1).
+
+    A query without a relevant row has no NDCG there (0/0); it is reported as 1 here, as
+    LightGBM and the published Yahoo LTR figures count it, so the means stay comparable.
+    """
     from ranking._metrics import ndcg_at_k
 
     starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    return np.array([ndcg_at_k(y[s:s + n], score[s:s + n], np.array([n]), k) for s, n in zip(starts, sizes, strict=True)])
+    return np.array([ndcg_at_k(y[s:s + n], score[s:s + n], np.array([n]), k) if y[s:s + n].max() > 0 else 1.0
+                     for s, n in zip(starts, sizes, strict=True)])
 
 
 def tuned_run(train, test, *, trials: int, seed: int, threads: int) -> dict:

@@ -38,6 +38,13 @@ What is measured:
 - exposure: exposure Gini across items and the new sellers' share of exposure, for the model's
   order (exposure of rank r = the examination curve at r, read from ``propensity`` by position)
   and the logged order.
+
+The metrics are :mod:`features.metrics`' definitions (through :mod:`experiments.metrics`).
+Everything written says what it means: a value that cannot be computed (an off-policy estimate
+without support, NDCG without a relevant item) is ``null`` in ``metrics.json`` with a note, and
+"undefined" with the reason in the report, never a 0. Offline metrics on logged data are biased
+towards what the logging policy showed (:data:`LOGGED_DATA_CAVEAT`); the report and
+:func:`summary_lines` say so beside them.
 """
 
 from __future__ import annotations
@@ -55,11 +62,14 @@ import pandas as pd
 
 from experiments import metrics as M
 from experiments.ope import estimate_policy_value
+from ranking.calibration import draw_reliability
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
 __all__ = [
+    "LOGGED_DATA_CAVEAT",
+    "NO_SUPPORT",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
     "EvaluationConfig",
@@ -67,6 +77,7 @@ __all__ = [
     "evaluate_scored",
     "log_to_mlflow",
     "read_scored",
+    "summary_lines",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +88,13 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("margin_rate", "pscore")
 REPORT_FILE = "report.md"
 METRICS_FILE = "metrics.json"
 PLOT_FILES: tuple[str, ...] = ("ndcg_by_k.png", "calibration.png", "off_policy.png", "exposure.png")
+LOGGED_DATA_CAVEAT = ("offline metrics on logged data are biased toward what the logging policy showed: compare "
+                      "models with each other here; the off-policy estimates and the simulator's truth say what a "
+                      "model is worth")
+NO_SUPPORT = ("no support: the model's top-k shares no (item, slot) with the randomized logs; the estimate is "
+              "undefined")
+_DR_NO_SUPPORT = ("no support: the model's top-k shares no (item, slot) with the randomized logs, so nothing "
+                  "corrects the reward model; DR equals the direct method (dm)")
 
 
 @dataclass(frozen=True)
@@ -292,6 +310,8 @@ def _calibration_metrics(df: pd.DataFrame, cfg: EvaluationConfig) -> tuple[dict[
     out: dict[str, Any] = {
         "log_loss": M.log_loss(y, p),
         "ece": M.expected_calibration_error(y, p, cfg.calibration_bins, cfg.calibration_strategy),
+        "ece_over_base_rate": M.expected_calibration_error(y, p, cfg.calibration_bins, cfg.calibration_strategy,
+                                                           relative=True),
         "auc_p_purchase": M.auc_score(y, p) if both else float("nan"),
         "auc_score": M.auc_score(y, df["score"].to_numpy()) if both else float("nan"),
         "mean_p_purchase_as_logged": float(p.mean()),
@@ -319,7 +339,7 @@ def _exposure_metrics(df: pd.DataFrame, rank: np.ndarray, curve: np.ndarray) -> 
         out[name] = {
             "gini": M.exposure_gini(items, weight),
             "new_seller_share": M.new_seller_exposure_share(new, pos, examination=curve),
-            "coverage_at_10": M.catalog_coverage(items[pos < 10], n_catalog) if (pos < 10).any() else 0.0,
+            "coverage_at_10": M.catalog_coverage(items[pos < 10], n_catalog) if (pos < 10).any() else None,
         }
     out["new_seller_share_of_rows"] = float(new.mean())
     return out
@@ -371,12 +391,21 @@ def _off_policy(df: pd.DataFrame, rank: np.ndarray, curve: np.ndarray, cfg: Eval
         n_bootstrap=cfg.ope_bootstrap, random_state=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     idx = rng.integers(0, n, (cfg.ope_bootstrap, n))
-    out: dict[str, Any] = {"rows": n, "requests": len(starts), "reward": "purchased * price per slot"}
+    support = next(iter(estimates.values())).support
+    out: dict[str, Any] = {
+        "rows": n, "requests": len(starts), "reward": "purchased * price per slot",
+        "support": {"rows": support, "share": support / n,
+                    "meaning": "randomized impressions whose logged (item, slot) the model's order also holds; "
+                               "the importance-weighted estimates (ipw, snipw, dr's correction) rest on these"}}
     for name, per_row in (("logged", reward), ("dm", q_model)):
         lo, hi = np.percentile(per_row[idx].mean(axis=1), [50 * cfg.ope_alpha, 100 - 50 * cfg.ope_alpha])
         out[name] = {"value": float(per_row.mean()), "ci_low": float(lo), "ci_high": float(hi)}
     for name, est in estimates.items():
-        out[name] = {"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high}
+        out[name] = {"value": est.value, "ci_low": est.ci_low, "ci_high": est.ci_high, "support": est.support}
+        if not est.supported:
+            out[name]["note"] = _DR_NO_SUPPORT if name == "dr" else NO_SUPPORT
+    if support == 0:
+        out["note"] = NO_SUPPORT
     return out
 
 
@@ -397,7 +426,8 @@ def _plot_ndcg(path: Path, ranking: dict[str, Any], k_values: tuple[int, ...]) -
     axes = fig.subplots(1, 2, sharey=True)
     for ax, key, title in ((axes[0], "ndcg", "NDCG@K"), (axes[1], "ips_ndcg", "IPS-weighted NDCG@K")):
         for name, style in (("model", "o-"), ("logged", "s--")):
-            ax.plot(k_values, [ranking[name][key][str(k)] for k in k_values], style, label=f"{name} order")
+            values = [np.nan if ranking[name][key][str(k)] is None else ranking[name][key][str(k)] for k in k_values]
+            ax.plot(k_values, values, style, label=f"{name} order")
         ax.set(title=title, xlabel="K", xticks=list(k_values))
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -406,21 +436,9 @@ def _plot_ndcg(path: Path, ranking: dict[str, Any], k_values: tuple[int, ...]) -
 
 
 def _plot_calibration(path: Path, curve: M.ReliabilityCurve, calib: dict[str, Any]) -> None:
-    fig = _figure(8, 3.4)
-    ax, ax2 = fig.subplots(1, 2)
-    top = float(max(curve.mean_predicted.max(), curve.observed_rate.max()) * 1.1)
-    ax.plot([0, top], [0, top], "k--", lw=1, label="perfect")
-    ax.plot(curve.mean_predicted, curve.observed_rate, "o-", label=f"model (ECE {calib['ece']:.4f})")
-    ax.set(title="reliability of p_purchase x propensity", xlabel="mean predicted", ylabel="observed purchase rate",
-           xlim=(0, top), ylim=(0, top))
-    ax.legend()
-    ax.grid(alpha=0.3)
-    ok = (curve.mean_predicted > 0) & (curve.observed_rate > 0)
-    lo = float(min(curve.mean_predicted[ok].min(), curve.observed_rate[ok].min())) if ok.any() else 1e-4
-    ax2.plot([lo, top], [lo, top], "k--", lw=1)
-    ax2.plot(curve.mean_predicted[ok], curve.observed_rate[ok], "o-")
-    ax2.set(title="the same on log scales", xlabel="mean predicted", xscale="log", yscale="log")
-    ax2.grid(alpha=0.3)
+    fig = _figure(6.2, 5.2)
+    draw_reliability(fig.subplots(), {"p_purchase x propensity": curve},
+                     title=f"reliability, {len(curve.weight)} equal-mass bins")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -436,12 +454,20 @@ def _plot_off_policy(path: Path, ope: dict[str, Any]) -> None:
         labels = {"logged": "logged policy (on-policy)", "dm": "model: DM (reward model)", "ipw": "model: IPS",
                   "snipw": "model: SNIPS", "dr": "model: DR"}
         y = np.arange(len(names))[::-1]
-        v = np.array([ope[n]["value"] for n in names])
-        lo = np.array([ope[n]["ci_low"] for n in names])
-        hi = np.array([ope[n]["ci_high"] for n in names])
-        ax.errorbar(v, y, xerr=[v - lo, hi - v], fmt="o", capsize=4)
+        shown = np.array([ope[n]["value"] is not None and ope[n]["ci_low"] is not None for n in names])
+        v = np.array([ope[n]["value"] if s else np.nan for n, s in zip(names, shown, strict=True)], dtype=float)
+        lo = np.array([ope[n]["ci_low"] if s else np.nan for n, s in zip(names, shown, strict=True)], dtype=float)
+        hi = np.array([ope[n]["ci_high"] if s else np.nan for n, s in zip(names, shown, strict=True)], dtype=float)
+        ax.errorbar(v[shown], y[shown], xerr=[v[shown] - lo[shown], hi[shown] - v[shown]], fmt="o", capsize=4)
+        for yi in y[~shown]:
+            ax.annotate("undefined: no support", (0.02, yi), xycoords=("axes fraction", "data"), va="center",
+                        color="C3")
+        if "dr" in ope and ope["dr"].get("note"):
+            labels["dr"] = "model: DR (= DM, no support)"
         ax.set_yticks(y, [labels[n] for n in names])
-        ax.set(title=f"purchase value per slot, {ope['rows']:,} randomized impressions", xlabel="price x P(purchase)")
+        sup = ope["support"]
+        ax.set(title=f"purchase value per slot, {ope['rows']:,} randomized impressions\n"
+                     f"{sup['rows']:,} ({sup['share']:.1%}) support the model's order", xlabel="price x P(purchase)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -460,13 +486,14 @@ def _plot_exposure(path: Path, df: pd.DataFrame, rank: np.ndarray, curve: np.nda
     items = df["item_id"].to_numpy()
     for name, pos in (("model", rank), ("logged", df["position"].to_numpy())):
         x, cum = _lorenz(items, curve[pos])
-        ax.plot(x, cum, label=f"{name} (Gini {exposure[name]['gini']:.3f})")
+        ax.plot(x, cum, label=f"{name} (Gini {_fmt(exposure[name]['gini'])})")
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set(title="exposure across items (Lorenz)", xlabel="share of items", ylabel="share of exposure")
     ax.legend()
     ax.grid(alpha=0.3)
-    shares = [exposure["model"]["new_seller_share"], exposure["logged"]["new_seller_share"],
-              exposure["new_seller_share_of_rows"]]
+    shares = [np.nan if v is None else v for v in (exposure["model"]["new_seller_share"],
+                                                   exposure["logged"]["new_seller_share"],
+                                                   exposure["new_seller_share_of_rows"])]
     ax2.bar(["model order", "logged order", "share of rows"], shares, color=["C0", "C1", "grey"])
     ax2.set(title="new sellers' share of exposure")
     ax2.grid(alpha=0.3)
@@ -474,10 +501,77 @@ def _plot_exposure(path: Path, df: pd.DataFrame, rank: np.ndarray, curve: np.nda
     fig.savefig(path)
 
 
-def _fmt(value: Any) -> str:
+def _nulls(node: Any) -> Any:
+    """``node`` with every non-finite float replaced by None (``null`` in JSON: "could not be computed")."""
+    if isinstance(node, dict):
+        return {k: _nulls(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_nulls(v) for v in node]
+    if isinstance(node, float | np.floating) and not math.isfinite(float(node)):
+        return None
+    return node
+
+
+def _fmt(value: Any, undefined: str = "undefined") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return undefined
     if isinstance(value, float):
-        return "nan" if not math.isfinite(value) else f"{value:.4g}"
+        return f"{value:.4g}"
     return str(value)
+
+
+def _estimate_text(est: dict[str, Any]) -> str:
+    """``value [low, high]``, or what an estimate without a value means."""
+    if est["value"] is None:
+        return f"undefined ({est.get('note', 'not computable')})"
+    text = f"{_fmt(est['value'])} [{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}]"
+    return f"{text} ({est['note']})" if est.get("note") else text
+
+
+_NDCG_UNDEFINED = "undefined: no request with a relevant item"
+_BIN_WORDS = {"quantile": "equal-mass", "uniform": "equal-width"}
+
+
+def summary_lines(metrics: dict[str, Any], *, k_values: tuple[str, ...] = ("10", "20")) -> list[str]:
+    """The headline figures of an evaluation's metrics (as in ``metrics.json``), one printable line each.
+
+    Every figure says what it measures, a figure that could not be computed says why, and the
+    logged-data caveat (:data:`LOGGED_DATA_CAVEAT`) precedes the ranking metrics.
+
+    Parameters
+    ----------
+    metrics : dict
+        :attr:`EvaluationReport.metrics` or the parsed ``metrics.json``.
+    k_values : tuple of str, default=("10", "20")
+        NDCG cut-offs to show, among those evaluated (the largest evaluated one when none is).
+    """
+    meta, rk, cal, ope = metrics["meta"], metrics["ranking"], metrics["calibration"], metrics["off_policy"]
+    ks = [k for k in k_values if k in rk["model"]["ndcg"]] or [list(rk["model"]["ndcg"])[-1]]
+    lines = [f"evaluated {meta['model_version']}: {meta['rows']:,} impressions, {meta['requests']:,} requests",
+             f"caveat: {LOGGED_DATA_CAVEAT}"]
+    for k in ks:
+        lines.append(f"NDCG@{k} against logged labels: model {_fmt(rk['model']['ndcg'][k], _NDCG_UNDEFINED)} "
+                     f"(IPS-weighted {_fmt(rk['model']['ips_ndcg'][k], _NDCG_UNDEFINED)}); logged order "
+                     f"{_fmt(rk['logged']['ndcg'][k], _NDCG_UNDEFINED)} "
+                     f"(IPS-weighted {_fmt(rk['logged']['ips_ndcg'][k], _NDCG_UNDEFINED)})")
+    bins = meta["config"]["calibration_bins"], _BIN_WORDS[meta["config"]["calibration_strategy"]]
+    lines.append(f"calibration of p_purchase x propensity ({bins[0]} {bins[1]} bins): ECE {_fmt(cal['ece'])} "
+                 f"= {_fmt(cal['ece_over_base_rate'], 'undefined (no purchase)')} x the purchase rate "
+                 f"{_fmt(cal['purchase_rate'])}; log loss {_fmt(cal['log_loss'])}; AUC(p_purchase) "
+                 f"{_fmt(cal['auc_p_purchase'], 'undefined (one class only)')}; GMV per 1,000 impressions "
+                 f"predicted {_fmt(cal['predicted_gmv_per_mille'])} vs observed {_fmt(cal['observed_gmv_per_mille'])}")
+    if not ope.get("rows"):
+        lines.append(f"off-policy: {ope['note']}")
+        return lines
+    sup = ope["support"]
+    lines.append(f"off-policy GMV per slot (price x purchased) on {ope['rows']:,} randomized impressions, "
+                 f"{sup['rows']:,} ({sup['share']:.1%}) supporting the model's order; value [{1 - meta['config']['ope_alpha']:.0%} interval]:")
+    names = {"logged": "logged policy (observed)", "dm": "model, DM (reward model alone)", "ipw": "model, IPS",
+             "snipw": "model, SNIPS", "dr": "model, DR"}
+    for name, label in names.items():
+        if name in ope:
+            lines.append(f"  {label}: {_estimate_text(ope[name])}")
+    return lines
 
 
 def _markdown(model_version: str, m: dict[str, Any], k_values: tuple[int, ...]) -> str:
@@ -485,39 +579,55 @@ def _markdown(model_version: str, m: dict[str, Any], k_values: tuple[int, ...]) 
     lines = [f"# Offline evaluation: `{model_version}`", "",
              f"{meta['rows']:,} impressions of {meta['requests']:,} requests, {meta['items']:,} items; "
              f"{ope.get('rows', 0):,} randomized impressions for off-policy estimates.", "",
-             "## Ranking", "", "| K | " + " | ".join(str(k) for k in k_values) + " |",
+             f"**Caveat:** {LOGGED_DATA_CAVEAT}.", "",
+             "## Ranking (against logged labels)", "", "| K | " + " | ".join(str(k) for k in k_values) + " |",
              "|---|" + "---|" * len(k_values)]
     for name in ("model", "logged"):
         for key, label in (("ndcg", "NDCG"), ("ips_ndcg", "IPS-NDCG")):
             lines.append(f"| {label}, {name} order | " + " | ".join(_fmt(rk[name][key][str(k)]) for k in k_values)
                          + " |")
-    lines += ["", f"MRR: model {_fmt(rk['model']['mrr'])}, logged {_fmt(rk['logged']['mrr'])}.", "",
+    lines += ["", f"MRR: model {_fmt(rk['model']['mrr'])}, logged {_fmt(rk['logged']['mrr'])}. "
+              "Requests without a relevant item are left out (their NDCG is 0/0); \"undefined\" means none had one.",
+              "",
               "Labels were observed where the logging policy put the items, and top slots are examined more, "
               "so plain NDCG favours the logged order. IPS-NDCG divides each gain by its slot's examination "
               "probability, but being normalised per request it cannot undo the bias in requests with a single "
               "relevant item; compare models with each other here, and read value from the off-policy section.",
               "",
               "![NDCG by K](ndcg_by_k.png)", "", "## Calibration of p_purchase (as logged: x propensity)", "",
+              f"ECE over {meta['config']['calibration_bins']} {_BIN_WORDS[meta['config']['calibration_strategy']]} "
+              "bins; `ece_over_base_rate` is ECE divided by the purchase rate "
+              "(0.5: predictions off by half the base rate on average). The diagram is on log scales with the "
+              "base rate marked.", "",
               "| metric | value |",
               "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in cal.items()]
     lines += ["", "![calibration](calibration.png)", "", "## Off-policy value of the model's ranking", ""]
     if ope.get("rows", 0):
+        sup = ope["support"]
         lines += [f"Reward: purchase value (price x purchased) per slot on {ope['rows']:,} impressions of "
                   f"{ope['requests']:,} randomized requests; "
-                  "the model re-orders each request's candidates over the same slots.", "",
+                  "the model re-orders each request's candidates over the same slots. "
+                  f"Support: {sup['rows']:,} of them ({sup['share']:.1%}) hold an (item, slot) that the model's "
+                  "order holds too; the importance-weighted estimates rest on those alone.", "",
                   "| estimator | value | interval |", "|---|---|---|"]
         for name in ("logged", "dm", "ipw", "snipw", "dr"):
             if name in ope:
-                lines.append(f"| {name} | {_fmt(ope[name]['value'])} | "
-                             f"[{_fmt(ope[name]['ci_low'])}, {_fmt(ope[name]['ci_high'])}] |")
+                est = ope[name]
+                if est["value"] is None:
+                    lines.append(f"| {name} | undefined: no support | - |")
+                else:
+                    lines.append(f"| {name} | {_fmt(est['value'])} | [{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}] |")
+        notes = sorted({ope[n]["note"] for n in ("ipw", "snipw", "dr") if n in ope and ope[n].get("note")})
+        if notes:
+            lines += [""] + [f"- {note}" for note in notes]
     else:
         lines.append(ope["note"])
     lines += ["", "![off-policy](off_policy.png)", "", "## Exposure", "", "| order | Gini | new-seller share | "
               "coverage@10 |", "|---|---|---|---|"]
     for name in ("model", "logged"):
         lines.append(f"| {name} | {_fmt(exp[name]['gini'])} | {_fmt(exp[name]['new_seller_share'])} | "
-                     f"{_fmt(exp[name]['coverage_at_10'])} |")
+                     f"{_fmt(exp[name]['coverage_at_10'], 'undefined: no item in the top 10')} |")
     lines += ["", "![exposure](exposure.png)", ""]
     return "\n".join(lines)
 
@@ -572,26 +682,27 @@ def evaluate_scored(
     ranking = _ranking_metrics(df, cfg)
     exposure = _exposure_metrics(df, rank, curve)
     ope = _off_policy(df, rank, curve, cfg)
-    metrics: dict[str, Any] = {
+    metrics: dict[str, Any] = _nulls({
         "meta": {"model_version": model_version, "rows": len(df), "requests": int(df["request_id"].nunique()),
-                 "items": int(df["item_id"].nunique()), "config": asdict(cfg), "schema_version": 1},
+                 "items": int(df["item_id"].nunique()), "config": asdict(cfg), "schema_version": 2},
         "ranking": ranking, "calibration": calibration, "off_policy": ope, "exposure": exposure,
-        "reliability": {k: getattr(reliability, k).tolist() for k in
-                        ("mean_predicted", "observed_rate", "count", "bin_lower", "bin_upper")},
-    }
+        "reliability": {**{k: getattr(reliability, k).tolist() for k in
+                           ("mean_predicted", "observed_rate", "weight", "count", "bin_lower", "bin_upper")},
+                        "base_rate": reliability.base_rate},
+    })
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _plot_ndcg(out / "ndcg_by_k.png", ranking, cfg.k_values)
-    _plot_calibration(out / "calibration.png", reliability, calibration)
-    _plot_off_policy(out / "off_policy.png", ope)
-    _plot_exposure(out / "exposure.png", df, rank, curve, exposure)
-    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float))
+    _plot_ndcg(out / "ndcg_by_k.png", metrics["ranking"], cfg.k_values)
+    _plot_calibration(out / "calibration.png", reliability, metrics["calibration"])
+    _plot_off_policy(out / "off_policy.png", metrics["off_policy"])
+    _plot_exposure(out / "exposure.png", df, rank, curve, metrics["exposure"])
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float, allow_nan=False))
     (out / REPORT_FILE).write_text(_markdown(model_version, metrics, cfg.k_values))
     files = tuple(str(out / f) for f in (REPORT_FILE, METRICS_FILE, *PLOT_FILES))
     report = EvaluationReport(out_dir=str(out), model_version=model_version, metrics=metrics, files=files)
-    logger.info("evaluation of %s written to %s: NDCG@%d %.4f (logged order %.4f)", model_version, out,
-                cfg.k_values[-1], ranking["model"]["ndcg"][str(cfg.k_values[-1])],
-                ranking["logged"]["ndcg"][str(cfg.k_values[-1])])
+    logger.info("evaluation of %s written to %s: NDCG@%d %s (logged order %s; %s)", model_version, out,
+                cfg.k_values[-1], _fmt(ranking["model"]["ndcg"][str(cfg.k_values[-1])]),
+                _fmt(ranking["logged"]["ndcg"][str(cfg.k_values[-1])]), LOGGED_DATA_CAVEAT)
     if run is not None:
         log_to_mlflow(report, run, tracking_uri=tracking_uri)
     return report

@@ -17,11 +17,18 @@ with the importance weight taken at the logged position,
 ``w_i = action_dist[i, action_i, position_i] / pscore_i``. The estimate is the mean over rows,
 i.e. the expected reward per impression slot; multiply by the list length for reward per list
 when every request logs all slots.
+
+Support: a row supports the evaluation policy when the policy would also put the logged item
+at the logged slot (``w_i > 0``). Importance-weighted estimates (IPS, SNIPS) rest on those rows
+alone; with none, they are undefined (NaN here, not 0: IPS's 0 would read as "the policy earns
+nothing", SNIPS is 0/0), and DR reduces to its reward model (the direct method). Every
+:class:`PolicyValueEstimate` carries its row and support counts so a report can say so.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,15 +62,29 @@ class PolicyValueEstimate:
     estimator : str
         Name of the estimator (``"ipw"``, ``"snipw"``, ``"dr"``).
     value : float
-        Point estimate (mean of the per-sample values on the full data).
+        Point estimate (mean of the per-sample values on the full data); NaN when the estimator
+        needs support and no row has it.
     ci_low, ci_high : float
-        ``alpha / 2`` and ``1 - alpha / 2`` percentiles of the bootstrap estimates.
+        ``alpha / 2`` and ``1 - alpha / 2`` percentiles of the bootstrap estimates (resamples
+        without support left out); NaN with the value.
+    rows : int
+        Logged rows the estimate was computed on.
+    support : int
+        Rows with a positive importance weight (the evaluation policy would put the logged
+        item at the logged slot too); the importance-weighted part of the estimate rests on them.
     """
 
     estimator: str
     value: float
     ci_low: float
     ci_high: float
+    rows: int
+    support: int
+
+    @property
+    def supported(self) -> bool:
+        """Whether at least one logged row supports the evaluation policy."""
+        return self.support > 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +119,8 @@ class OffPolicyEstimator(ABC):
 
     name: ClassVar[str]
     needs_reward_model: ClassVar[bool] = False
+    # An estimate from importance weights alone is undefined without a supporting row.
+    needs_support: ClassVar[bool] = True
 
     @abstractmethod
     def _round_values(self, rounds: _Rounds) -> np.ndarray:
@@ -106,10 +129,18 @@ class OffPolicyEstimator(ABC):
     def _estimate(
         self, rounds: _Rounds, *, alpha: float, n_bootstrap: int, random_state: int
     ) -> PolicyValueEstimate:
+        rows, support = int(rounds.weight.shape[-1]), int(np.count_nonzero(rounds.weight > 0.0))
+        if support == 0 and self.needs_support:
+            logger.warning("%s is undefined: no logged row supports the evaluation policy (all importance "
+                           "weights are 0)", self.name)
+            return PolicyValueEstimate(self.name, math.nan, math.nan, math.nan, rows=rows, support=0)
         value = float(np.mean(self._round_values(rounds)))
         boot = self._bootstrap_means(rounds, n_bootstrap, np.random.default_rng(random_state))
+        boot = boot[np.isfinite(boot)]  # a resample without support has no self-normalised value
+        if boot.size == 0:
+            return PolicyValueEstimate(self.name, value, math.nan, math.nan, rows=rows, support=support)
         low, high = np.percentile(boot, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
-        return PolicyValueEstimate(self.name, value, float(low), float(high))
+        return PolicyValueEstimate(self.name, value, float(low), float(high), rows=rows, support=support)
 
     def _bootstrap_means(
         self, rounds: _Rounds, n_bootstrap: int, rng: np.random.Generator
@@ -165,7 +196,9 @@ class SelfNormalizedInverseProbabilityWeighting(OffPolicyEstimator):
 
     def _round_values(self, rounds: _Rounds) -> np.ndarray:
         w = rounds.weight
-        return rounds.reward * w / w.mean(axis=-1, keepdims=True)
+        mean = w.mean(axis=-1, keepdims=True)
+        # 0/0 where a (resampled) data set has no support: NaN, left out of the interval.
+        return rounds.reward * w / np.where(mean > 0.0, mean, np.nan)
 
 
 @dataclass(frozen=True)
@@ -183,6 +216,7 @@ class DoublyRobust(OffPolicyEstimator):
 
     name: ClassVar[str] = "dr"
     needs_reward_model: ClassVar[bool] = True
+    needs_support: ClassVar[bool] = False  # without support it is the direct method (the reward model)
     lambda_: float = np.inf
 
     def __post_init__(self) -> None:
@@ -385,7 +419,9 @@ def estimate_policy_value(
     Returns
     -------
     dict of str to PolicyValueEstimate
-        Keyed by estimator name, in the order requested.
+        Keyed by estimator name, in the order requested. Without support (no row with
+        ``w_i > 0``) IPW and SNIPW are NaN (undefined) and DR equals the direct method; each
+        estimate's ``support`` says how many rows it rests on.
 
     Raises
     ------

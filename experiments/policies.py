@@ -32,6 +32,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from features.contract import EVENT_TYPES
+from features.popularity import POPULARITY_EVENT_WEIGHTS, check_event_weights, log_popularity
+from features.popularity import event_weights as weights_of_events
 
 if TYPE_CHECKING:
     from experiments.simulator import MarketplaceSimulator, Requests
@@ -51,7 +53,8 @@ __all__ = [
 ]
 
 # How much one event says about interest: a purchase more than a cart, a cart more than a click.
-DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = {"click": 1.0, "add_to_cart": 2.0, "purchase": 4.0}
+# The popularity weights (click 1, add-to-cart 2, purchase 4), defined once in features.popularity.
+DEFAULT_EVENT_WEIGHTS: Mapping[str, float] = POPULARITY_EVENT_WEIGHTS
 # Requests scored at once by HistoryAffinityPolicy (bounds its memory to ~rows x categories x K).
 _SERVE_BLOCK = 2048
 
@@ -246,9 +249,13 @@ class LogHistory:
         return out
 
     def weighted_counts(self, key: str, weights: Mapping[str, float]) -> pd.Series:
-        """Sum of event weights per value of ``key`` (``"item_id"`` or ``"user_id"``)."""
-        w = self.events["type"].map(dict(weights)).fillna(0.0).astype(np.float64)
-        return w.groupby(self.events[key].to_numpy()).sum()
+        """Sum of event weights per value of ``key`` (``"item_id"`` or ``"user_id"``).
+
+        ``weights`` maps event types to weights (types it leaves out weigh 0); see
+        :func:`features.popularity.event_weights`.
+        """
+        w = weights_of_events(self.events["type"].to_numpy(), weights)
+        return pd.Series(w).groupby(self.events[key].to_numpy()).sum()
 
 
 def _utc(value: pd.Timestamp | str | None) -> pd.Timestamp | None:
@@ -256,21 +263,6 @@ def _utc(value: pd.Timestamp | str | None) -> pd.Timestamp | None:
         return None
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
-
-
-def _check_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    if not isinstance(weights, Mapping):
-        raise TypeError(f"event_weights must be a mapping of event type to weight, got {type(weights).__name__}")
-    out = {}
-    for k, v in weights.items():
-        if k not in EVENT_TYPES:
-            raise ValueError(f"event_weights keys must be event types {list(EVENT_TYPES)}, got {k!r}")
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"event_weights[{k!r}] must be a finite number >= 0, got {v}")
-        out[k] = float(v)
-    if not any(out.values()):
-        raise ValueError("event_weights must give at least one event type a positive weight")
-    return out
 
 
 # ------------------------------------------------------------------------------ popularity
@@ -322,6 +314,9 @@ class PopularityPolicy:
                      prior: float = 1.0) -> PopularityPolicy:
         """Popularity from logged counts: ``score_i = log(prior + sum of event weights on item i)``.
 
+        The weights and the formula are :mod:`features.popularity`'s (the one definition the
+        retrieval fallback and the serving snapshot also count with).
+
         Parameters
         ----------
         history : LogHistory
@@ -333,13 +328,13 @@ class PopularityPolicy:
         """
         if not isinstance(history, LogHistory):
             raise TypeError(f"history must be a LogHistory, got {type(history).__name__}")
-        weights = _check_weights(event_weights)
+        weights = check_event_weights(event_weights)
         if not np.isfinite(prior) or prior <= 0:
             raise ValueError(f"prior must be a finite number > 0, got {prior}")
         counts = np.zeros(history.n_items)
         per_item = history.weighted_counts("item_id", weights)
         counts[per_item.index.to_numpy(dtype=np.int64)] = per_item.to_numpy()
-        return cls(item_score=np.log(prior + counts), feed_length=feed_length, name=name)
+        return cls(item_score=log_popularity(counts, prior), feed_length=feed_length, name=name)
 
     def serve(self, requests: Requests, available: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The same top ``feed_length`` available items for every request (see :class:`RankingPolicy`)."""
@@ -440,7 +435,7 @@ class HistoryAffinityPolicy:
         """
         if not isinstance(history, LogHistory):
             raise TypeError(f"history must be a LogHistory, got {type(history).__name__}")
-        weights = _check_weights(event_weights)
+        weights = check_event_weights(event_weights)
         if not np.isfinite(prior_strength) or prior_strength <= 0:
             raise ValueError(f"prior_strength must be a finite number > 0, got {prior_strength}")
         if popularity is None:
@@ -453,7 +448,7 @@ class HistoryAffinityPolicy:
         item_cat = history.item_category
         n_cat = int(item_cat.max()) + 1
         ev = history.events
-        w = ev["type"].map(weights).fillna(0.0).to_numpy(dtype=np.float64)
+        w = weights_of_events(ev["type"].to_numpy(), weights)
         users, codes = np.unique(ev["user_id"].to_numpy(dtype=np.int64), return_inverse=True)
         counts = np.zeros((users.size, n_cat))
         np.add.at(counts, (codes, item_cat[ev["item_id"].to_numpy(dtype=np.int64)]), w)

@@ -101,18 +101,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_evaluation(m: dict) -> None:
-    """The headline figures of experiments.evaluate's metrics.json."""
-    rk, cal, ope, exp = m["ranking"], m["calibration"], m["off_policy"], m["exposure"]
+    """The headline figures of experiments.evaluate's metrics.json, each saying what it means."""
+    from experiments.evaluate import summary_lines
+
+    exp = m["exposure"]
     print(f"held-out slice: {m['meta']['rows']:,} impressions in {m['meta']['requests']:,} requests")
-    for k in ("10", "20"):
-        print(f"NDCG@{k}: model {rk['model']['ndcg'][k]:.4f} (IPS {rk['model']['ips_ndcg'][k]:.4f})   "
-              f"logged order {rk['logged']['ndcg'][k]:.4f} (IPS {rk['logged']['ips_ndcg'][k]:.4f})")
-    print(f"calibration: ECE {cal['ece']:.5f}, log loss {cal['log_loss']:.4f}, AUC(p_purchase) "
-          f"{cal['auc_p_purchase']:.3f}; GMV per 1,000 impressions predicted {cal['predicted_gmv_per_mille']:.2f} "
-          f"vs observed {cal['observed_gmv_per_mille']:.2f}")
-    for name in ("logged", "dm", "ipw", "snipw", "dr"):
-        v = ope[name]
-        print(f"off-policy {name:6s} purchase value per slot {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+    for line in summary_lines(m)[1:]:
+        print(line)
     print("exposure:", json.dumps({k: exp[k] for k in ("model", "logged")}, default=str))
 
 

@@ -13,7 +13,7 @@ __all__ = ["add_evaluate_command"]
 
 
 def _cmd_evaluate(args: argparse.Namespace, config: FeedrankConfig) -> int:
-    from experiments.evaluate import EvaluationConfig, evaluate_scored, read_scored
+    from experiments.evaluate import EvaluationConfig, evaluate_scored, read_scored, summary_lines
 
     scored = Path(args.scored)
     try:
@@ -35,16 +35,8 @@ def _cmd_evaluate(args: argparse.Namespace, config: FeedrankConfig) -> int:
     except (TypeError, ValueError) as exc:
         print(f"feedrank evaluate: invalid scored data in {scored}: {exc}", file=sys.stderr)
         return 2
-    m = report.metrics
-    k = str(eval_cfg.k_values[-1])
-    print(f"evaluated {version}: {m['meta']['rows']:,} impressions, {m['meta']['requests']:,} requests")
-    print(f"NDCG@{k}: model {m['ranking']['model']['ndcg'][k]:.4f} (logged order "
-          f"{m['ranking']['logged']['ndcg'][k]:.4f}); IPS-NDCG@{k}: model {m['ranking']['model']['ips_ndcg'][k]:.4f}")
-    print(f"calibration: ECE {m['calibration']['ece']:.4f}, log loss {m['calibration']['log_loss']:.4f}")
-    ope = m["off_policy"]
-    if ope.get("rows"):
-        print(f"off-policy GMV per slot: logged {ope['logged']['value']:.4f}; model DR {ope['dr']['value']:.4f} "
-              f"[{ope['dr']['ci_low']:.4f}, {ope['dr']['ci_high']:.4f}]")
+    for line in summary_lines(report.metrics, k_values=(str(eval_cfg.k_values[-1]),)):
+        print(line)
     print(f"report: {Path(report.out_dir) / 'report.md'}")
     if args.mlflow_run_id:
         print(f"logged to MLflow run {args.mlflow_run_id} at {tracking_uri}")

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
+from features.popularity import popularity_counts
 from infra.config import FeedrankConfig
 
 __all__ = ["STEPS", "EvaluationGateError", "TrainReport", "run_training"]
@@ -341,7 +342,11 @@ def latest_partition(table_dir: Path) -> pd.DataFrame:
 
 
 def build_item_snapshot(logs: Path, features_dir: Path, *, popularity_days: float = 7.0) -> pd.DataFrame:
-    """Items with their serving attributes and the newest item and seller feature rows."""
+    """Items with their serving attributes and the newest item and seller feature rows.
+
+    ``popularity`` is :func:`features.popularity.popularity_counts` (click 1, add-to-cart 2,
+    purchase 4) over the ``popularity_days`` up to the last event.
+    """
     items = _read(logs, "items")
     item_f = latest_partition(features_dir / "item_features").drop(columns=["event_timestamp", "date"],
                                                                    errors="ignore")
@@ -350,8 +355,7 @@ def build_item_snapshot(logs: Path, features_dir: Path, *, popularity_days: floa
     events = _read(logs, "events", ["ts", "item_id", "type"])
     as_of = events["ts"].max()
     recent = events[events["ts"] >= as_of - pd.Timedelta(days=popularity_days)]
-    weight = np.where(recent["type"] == "purchase", 5.0, np.where(recent["type"] == "click", 1.0, 0.0))
-    popularity = pd.Series(weight, index=recent["item_id"].to_numpy()).groupby(level=0).sum()
+    popularity = popularity_counts(recent["item_id"].to_numpy(), recent["type"].to_numpy())
     out = items[["item_id", "seller_id", "category_id", "price", "margin_rate", "in_stock"]].merge(
         item_f, on="item_id", how="left").merge(seller_f, on="seller_id", how="left")
     out["is_new_seller"] = out["f_item_new_seller"].fillna(0).astype(bool) if "f_item_new_seller" in out else False

@@ -7,6 +7,7 @@ used, so importing the package stays cheap.
 from ranking.calibration import (
     IsotonicCalibrator,
     ReliabilityCurve,
+    draw_reliability,
     expected_calibration_error,
     plot_reliability_diagram,
     reliability_curve,
@@ -48,6 +49,7 @@ __all__ = [
     "TuningConfig",
     "TuningResult",
     "compile_model",
+    "draw_reliability",
     "examination_inputs_from_logs",
     "expected_calibration_error",
     "load_predictor",

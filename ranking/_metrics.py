@@ -1,12 +1,14 @@
-"""Private ranking helpers: query boundaries and NDCG@k over grouped rows.
+"""Private ranking helpers: query boundaries, and NDCG@k over LightGBM-style grouped rows.
 
-The evaluation package (``experiments``) sits above ranking, so ranking keeps the small
-amount of metric code it needs for validation here; the inputs are trusted (callers validate).
+NDCG itself is defined once, in :mod:`features.metrics`; :func:`ndcg_at_k` only adapts
+LightGBM's group convention (contiguous queries given by their sizes) to it.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from features.metrics import Gain, ndcg_score
 
 __all__ = ["group_sizes", "ndcg_at_k", "query_index"]
 
@@ -34,14 +36,13 @@ def query_index(sizes: np.ndarray) -> np.ndarray:
 
 
 def ndcg_at_k(relevance: np.ndarray, score: np.ndarray, sizes: np.ndarray, k: int, *,
-              gain: str = "exp2", query_weight: np.ndarray | None = None) -> float:
-    """Mean NDCG@k over queries, ranking each query's rows by ``score`` (descending).
+              gain: Gain = "exp2", query_weight: np.ndarray | None = None) -> float:
+    """Mean NDCG@k over contiguous queries: :func:`features.metrics.ndcg_score` for rows grouped by ``sizes``.
 
-    ``DCG@k = sum_{r < k} g(rel_(r)) / log2(r + 2)`` with ``g(x) = 2**x - 1`` (``gain="exp2"``,
-    LightGBM's default for integer grades) or ``g(x) = x`` (``gain="linear"``, for real-valued
-    relevance such as a true probability). NDCG divides by the DCG of the ideal order; a query
-    whose ideal DCG is 0 counts as 1, as LightGBM does. Ties in ``score`` are broken by row
-    order, so a constant score is judged as the given order.
+    The definition (gain ``2**x - 1`` or linear, ties averaged, queries without a relevant
+    row skipped, NaN when none is left) is that of :func:`features.metrics.ndcg_score`; this
+    adapter only takes LightGBM's group convention. It differs from LightGBM's own ``ndcg@k``,
+    which counts a query without a relevant row as 1 and breaks ties by row order.
 
     Parameters
     ----------
@@ -57,20 +58,6 @@ def ndcg_at_k(relevance: np.ndarray, score: np.ndarray, sizes: np.ndarray, k: in
     -------
     float
     """
-    relevance = np.asarray(relevance, dtype=np.float64)
-    score = np.asarray(score, dtype=np.float64)
-    q = query_index(sizes)
-    rows = np.arange(len(q))
-    gains = np.exp2(relevance) - 1.0 if gain == "exp2" else relevance
-    starts = np.r_[0, np.cumsum(sizes)[:-1]]
-    # Rank within query by score (descending, stable by row), and by relevance for the ideal DCG.
-    by_score = np.lexsort((rows, -score, q))
-    by_ideal = np.lexsort((rows, -gains, q))
-    rank = rows - starts[q]  # q is sorted, so after either lexsort row i sits at rank i - start
-    discount = np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0)
-    dcg = np.bincount(q, weights=gains[by_score] * discount, minlength=len(sizes))
-    ideal = np.bincount(q, weights=gains[by_ideal] * discount, minlength=len(sizes))
-    per_query = np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 1.0)
-    if query_weight is None:
-        return float(per_query.mean()) if len(per_query) else float("nan")
-    return float(np.average(per_query, weights=query_weight))
+    sizes = np.asarray(sizes, dtype=np.int64)
+    weight = None if query_weight is None else np.repeat(np.asarray(query_weight, dtype=np.float64), sizes)
+    return ndcg_score(relevance, score, query_index(sizes), k, gain=gain, sample_weight=weight)

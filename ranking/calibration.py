@@ -1,4 +1,7 @@
-"""Calibration of purchase probabilities, expected calibration error, reliability diagrams.
+"""Calibration of purchase probabilities and reliability diagrams.
+
+Expected calibration error and the reliability curve are defined once in
+:mod:`features.metrics` and re-exported here (equal-mass bins by default; see there why).
 
 Three calibrators share one interface (``fit``, ``predict``, ``save``; :func:`load_calibrator`
 reads any of them back):
@@ -21,11 +24,22 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from features.metrics import (
+    BinStrategy,
+    ReliabilityCurve,
+    _binary_1d,
+    _check_lengths,
+    _float_1d,
+    _row_weights,
+    expected_calibration_error,
+    reliability_curve,
+)
 
 __all__ = [
     "CALIBRATORS",
@@ -36,6 +50,7 @@ __all__ = [
     "load_calibrator",
     "select_calibrator",
     "ReliabilityCurve",
+    "draw_reliability",
     "expected_calibration_error",
     "plot_reliability_diagram",
     "reliability_curve",
@@ -53,40 +68,16 @@ def _clip(p: np.ndarray) -> np.ndarray:
     return np.clip(p, PROB_FLOOR, 1.0 - PROB_FLOOR)
 
 
+def _fit_inputs(y_true: Any, scores: Any, sample_weight: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Binary outcomes, scores and row weights, checked by the shared validators of ``features.metrics``."""
+    y, s = _binary_1d(y_true, "y_true"), _float_1d(scores, "scores")
+    _check_lengths(y_true=y, scores=s)
+    return y, s, _row_weights(sample_weight, y)
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
     q = _clip(np.asarray(p, dtype=np.float64))
     return np.log(q) - np.log1p(-q)
-
-
-def _check_inputs(y_true: Any, y_prob: Any, sample_weight: Any, *, prob_name: str = "y_prob",
-                  unit_interval: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    y = np.asarray(y_true)
-    p = np.asarray(y_prob)
-    if y.ndim != 1 or p.ndim != 1 or len(y) != len(p):
-        raise ValueError(f"y_true and {prob_name} must be 1-D of the same length, got shapes {y.shape} and {p.shape}")
-    if len(y) == 0:
-        raise ValueError("y_true must not be empty")
-    if not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-        raise TypeError(f"y_true must be numeric or bool, got dtype {y.dtype}")
-    if not np.issubdtype(p.dtype, np.number):
-        raise TypeError(f"{prob_name} must be numeric, got dtype {p.dtype}")
-    y = y.astype(np.float64)
-    p = p.astype(np.float64)
-    if not np.isin(y, (0.0, 1.0)).all():
-        raise ValueError("y_true must hold only 0 and 1")
-    if not np.all(np.isfinite(p)):
-        raise ValueError(f"{prob_name} must be finite")
-    if unit_interval and ((p < 0).any() or (p > 1).any()):
-        raise ValueError(f"{prob_name} must lie in [0, 1]")
-    if sample_weight is None:
-        w = np.ones(len(y))
-    else:
-        w = np.asarray(sample_weight, dtype=np.float64)
-        if w.shape != y.shape:
-            raise ValueError(f"sample_weight must have shape {y.shape}, got {w.shape}")
-        if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
-            raise ValueError("sample_weight must be finite, >= 0 and not all 0")
-    return y, p, w
 
 
 class IsotonicCalibrator:
@@ -111,7 +102,7 @@ class IsotonicCalibrator:
         """
         from sklearn.isotonic import IsotonicRegression
 
-        y, s, w = _check_inputs(y_true, scores, sample_weight, prob_name="scores", unit_interval=False)
+        y, s, w = _fit_inputs(y_true, scores, sample_weight)
         iso = IsotonicRegression(increasing=True, y_min=0.0, y_max=1.0, out_of_bounds="clip")
         iso.fit(s, y, sample_weight=w)
         self.x_thresholds_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
@@ -179,7 +170,7 @@ class PlattCalibrator:
         """Fit on held-out probabilities ``scores`` (shape (n,)) and binary outcomes (shape (n,))."""
         from sklearn.linear_model import LogisticRegression
 
-        y, s, w = _check_inputs(y_true, scores, sample_weight, prob_name="scores")
+        y, s, w = _fit_inputs(y_true, scores, sample_weight)
         if y.min() == y.max():
             raise ValueError("y_true must hold both classes to fit a Platt calibrator")
         model = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(s)[:, None], y, sample_weight=w)
@@ -206,7 +197,7 @@ class IdentityCalibrator:
     kind = "none"
 
     def fit(self, scores: Any, y_true: Any, *, sample_weight: Any = None) -> IdentityCalibrator:
-        _check_inputs(y_true, scores, sample_weight, prob_name="scores")
+        _fit_inputs(y_true, scores, sample_weight)
         return self
 
     def predict(self, scores: Any) -> np.ndarray:
@@ -273,7 +264,7 @@ def select_calibrator(scores: Any, y_true: Any, *, sample_weight: Any = None, ki
     -------
     (calibrator, log loss of each kind tried; empty when ``kind`` was given)
     """
-    y, s, w = _check_inputs(y_true, scores, sample_weight, prob_name="scores")
+    y, s, w = _fit_inputs(y_true, scores, sample_weight)
     if kind != "auto":
         if kind not in CALIBRATORS:
             raise ValueError(f"kind must be 'auto' or one of {list(CALIBRATORS)}, got {kind!r}")
@@ -298,92 +289,70 @@ def select_calibrator(scores: Any, y_true: Any, *, sample_weight: Any = None, ki
     return _new(best).fit(s, y, sample_weight=w), losses
 
 
-@dataclass(frozen=True)
-class ReliabilityCurve:
-    """Per-bin calibration: mean predicted probability, observed frequency and weight (each shape (B,))."""
+def draw_reliability(ax: Any, curves: Mapping[str, ReliabilityCurve], *, title: str = "Reliability") -> None:
+    """Draw reliability curves on log-log axes, with the diagonal and the base rate marked.
 
-    mean_predicted: np.ndarray
-    observed: np.ndarray
-    weight: np.ndarray
-
-
-def _bin_edges(p: np.ndarray, w: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
-    if strategy == "uniform":
-        return np.linspace(0.0, 1.0, n_bins + 1)
-    order = np.argsort(p, kind="stable")
-    cum = np.cumsum(w[order])
-    targets = cum[-1] * np.arange(1, n_bins) / n_bins
-    inner = p[order][np.minimum(np.searchsorted(cum, targets), len(p) - 1)]
-    return np.unique(np.r_[0.0, inner, 1.0])
-
-
-def reliability_curve(y_true: Any, y_prob: Any, *, n_bins: int = 15, strategy: str = "quantile",
-                      sample_weight: Any = None) -> ReliabilityCurve:
-    """Bin predictions and compare each bin's mean prediction with its observed frequency.
+    Purchase probabilities span several orders of magnitude below the base rate and a few
+    above it, so both axes are logarithmic: a curve twice too high sits a constant distance
+    above the diagonal wherever it is. Bins where nothing was observed (rate 0 has no
+    logarithm) are drawn as open triangles on the bottom edge. The legend gives each curve's
+    ECE and ECE over the base rate.
 
     Parameters
     ----------
-    y_true : array-like of {0, 1}, shape (n,)
-    y_prob : array-like of float in [0, 1], shape (n,)
-    n_bins : int, default 15
-    strategy : {"quantile", "uniform"}, default "quantile"
-        ``quantile`` puts equal (sample-weighted) mass in each bin, which keeps bins
-        informative when probabilities are small (purchases are rare); ties may merge bins.
-    sample_weight : array-like of float, shape (n,), optional
-
-    Returns
-    -------
-    ReliabilityCurve
-        Empty bins are dropped.
-
-    Raises
-    ------
-    TypeError, ValueError
-        On malformed inputs, ``n_bins < 1`` or an unknown ``strategy``.
+    ax : matplotlib Axes
+    curves : mapping of str to ReliabilityCurve
+        One line per name, e.g. ``{"uncalibrated": ..., "isotonic": ...}``; they share labels,
+        so their base rates are equal and the first one's is marked.
+    title : str
     """
-    if not isinstance(n_bins, int | np.integer) or n_bins < 1:
-        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
-    if strategy not in ("quantile", "uniform"):
-        raise ValueError(f"strategy must be 'quantile' or 'uniform', got {strategy!r}")
-    y, p, w = _check_inputs(y_true, y_prob, sample_weight)
-    edges = _bin_edges(p, w, int(n_bins), strategy)
-    # Bin b holds edges[b] < p <= edges[b + 1] (the first bin also p = 0), so a quantile edge
-    # keeps the predictions equal to it in the lower bin.
-    idx = np.clip(np.searchsorted(edges, p, side="left") - 1, 0, len(edges) - 2)
-    nb = len(edges) - 1
-    wsum = np.bincount(idx, weights=w, minlength=nb)
-    psum = np.bincount(idx, weights=w * p, minlength=nb)
-    ysum = np.bincount(idx, weights=w * y, minlength=nb)
-    keep = wsum > 0
-    return ReliabilityCurve(mean_predicted=psum[keep] / wsum[keep], observed=ysum[keep] / wsum[keep],
-                            weight=wsum[keep])
-
-
-def expected_calibration_error(y_true: Any, y_prob: Any, *, n_bins: int = 15, strategy: str = "quantile",
-                               sample_weight: Any = None) -> float:
-    """Expected calibration error: ``sum_b (W_b / W) * |mean_pred_b - observed_b|`` (lower is better).
-
-    Parameters are those of :func:`reliability_curve`.
-
-    Returns
-    -------
-    float in [0, 1]
-    """
-    curve = reliability_curve(y_true, y_prob, n_bins=n_bins, strategy=strategy, sample_weight=sample_weight)
-    return float(np.sum(curve.weight * np.abs(curve.mean_predicted - curve.observed)) / curve.weight.sum())
+    if not curves:
+        raise ValueError("curves must name at least one reliability curve")
+    positive = [c.mean_predicted[c.mean_predicted > 0] for c in curves.values()]
+    positive += [c.observed_rate[c.observed_rate > 0] for c in curves.values()]
+    values = np.concatenate(positive) if any(v.size for v in positive) else np.array([1e-4, 1.0])
+    lo, hi = float(values.min()) / 2.0, min(1.0, float(values.max()) * 2.0)
+    base = next(iter(curves.values())).base_rate
+    ax.plot([lo, hi], [lo, hi], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    if base > 0:
+        ax.axhline(base, color="black", linestyle=":", linewidth=1, label=f"base rate {base:.3g}")
+        ax.axvline(base, color="black", linestyle=":", linewidth=1)
+    for i, (name, curve) in enumerate(curves.items()):
+        ece = curve.calibration_error()
+        rel = curve.calibration_error(relative=True)
+        rel_txt = f", {rel:.2f}x base rate" if np.isfinite(rel) else ""
+        seen = (curve.observed_rate > 0) & (curve.mean_predicted > 0)
+        ax.plot(curve.mean_predicted[seen], curve.observed_rate[seen], marker="o", color=f"C{i}",
+                label=f"{name} (ECE {ece:.2g}{rel_txt})")
+        empty = (curve.observed_rate == 0) & (curve.mean_predicted > 0)
+        if empty.any():
+            ax.plot(curve.mean_predicted[empty], np.full(int(empty.sum()), lo), linestyle="none", marker="v",
+                    markerfacecolor="none", color=f"C{i}", label=f"{name}: bins with no positive (at the floor)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo * 0.9, hi)
+    ax.set_xlabel("mean predicted probability per bin (log)")
+    ax.set_ylabel("observed frequency per bin (log)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", fontsize="small")
 
 
 def plot_reliability_diagram(y_true: Any, probabilities: dict[str, Any], path: str | os.PathLike[str], *,
-                             n_bins: int = 15, sample_weight: Any = None, title: str = "Reliability") -> Path:
-    """Draw a reliability diagram (one line per named probability array) to a PNG.
+                             n_bins: int = 15, strategy: BinStrategy = "quantile", sample_weight: Any = None,
+                             title: str = "Reliability") -> Path:
+    """Draw a reliability diagram (one line per named probability array) to a PNG, on log scales.
 
     Parameters
     ----------
     y_true : array-like of {0, 1}, shape (n,)
     probabilities : dict of str to array-like of float, shape (n,)
-        E.g. ``{"uncalibrated": p_raw, "isotonic": p_cal}``; the legend shows each ECE.
+        E.g. ``{"uncalibrated": p_raw, "isotonic": p_cal}``; the legend shows each ECE, absolute
+        and over the base rate.
     path : output file (PNG)
-    n_bins : int, default 15 (equal-mass bins)
+    n_bins : int, default 15
+    strategy : {"quantile", "uniform"}, default "quantile" (equal-mass bins)
     sample_weight : array-like, shape (n,), optional
     title : str
 
@@ -391,30 +360,17 @@ def plot_reliability_diagram(y_true: Any, probabilities: dict[str, Any], path: s
     -------
     Path of the written file.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     if not probabilities:
         raise ValueError("probabilities must name at least one array")
-    fig, ax = plt.subplots(figsize=(5.5, 5.0))
-    top = 0.0
-    for name, prob in probabilities.items():
-        curve = reliability_curve(y_true, prob, n_bins=n_bins, sample_weight=sample_weight)
-        ece = expected_calibration_error(y_true, prob, n_bins=n_bins, sample_weight=sample_weight)
-        ax.plot(curve.mean_predicted, curve.observed, marker="o", label=f"{name} (ECE {ece:.4f})")
-        top = max(top, float(curve.mean_predicted.max()), float(curve.observed.max()))
-    top = top * 1.05 or 1.0
-    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="perfect")
-    ax.set_xlim(0, top)
-    ax.set_ylim(0, top)
-    ax.set_xlabel("mean predicted probability (equal-mass bins)")
-    ax.set_ylabel("observed frequency")
-    ax.set_title(title)
-    ax.legend(loc="upper left")
+    curves = {name: reliability_curve(y_true, prob, n_bins, strategy, sample_weight=sample_weight)
+              for name, prob in probabilities.items()}
+    fig = Figure(figsize=(6.0, 5.2), dpi=110)
+    FigureCanvasAgg(fig)
+    draw_reliability(fig.subplots(), curves, title=f"{title} ({strategy} bins)")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path)
     return path

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from features.config import check
 from features.contract import EVENT_TYPES
+from features.popularity import DEFAULT_POPULARITY_WEIGHTS
 
 __all__ = ["IndexConfig", "RetrievalConfig", "ServingConfig", "TrainingConfig", "TwoTowerConfig"]
 
@@ -225,7 +226,8 @@ class ServingConfig:
     exclude_purchased : bool
         Leave out items the user bought before (set false where repeat purchases are normal).
     popularity_weights : tuple of float
-        Weights of click, add-to-cart and purchase events in the popularity counts.
+        Weights of click, add-to-cart and purchase events in the popularity counts; default
+        :data:`features.popularity.DEFAULT_POPULARITY_WEIGHTS` (1, 2, 4).
     popularity_global_weight : float
         A segment's popularity score is its own count plus this times the global count, so
         thin segments are completed by what is popular everywhere.
@@ -235,7 +237,7 @@ class ServingConfig:
 
     k: int = 500
     exclude_purchased: bool = True
-    popularity_weights: tuple[float, ...] = (1.0, 2.0, 4.0)
+    popularity_weights: tuple[float, ...] = DEFAULT_POPULARITY_WEIGHTS
     popularity_global_weight: float = 0.1
     popularity_depth: int = 2000
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import EVENT_TYPES
+from features.metrics import recall_at_k
 from retrieval.inputs import HOUR_US
 from retrieval.logs import EventLog
 from retrieval.retriever import RequestContext, Retriever
@@ -116,7 +117,12 @@ def time_split_queries(log: EventLog, *, start_us: int, end_us: int, event_types
 
 
 def recall_at_k_score(retrieved: np.ndarray, targets: Sequence[np.ndarray], k: int) -> float:
-    """Mean over users of ``|top-k retrieved ∩ targets| / |targets|``.
+    """Mean over users of ``|top-k retrieved ∩ targets| / |targets|``: :func:`features.metrics.recall_at_k`.
+
+    The definition is that of :func:`features.metrics.recall_at_k` (users without targets
+    skipped, NaN when none is left); this adapter turns id lists into its rows: each retrieved
+    id scored by its position (a repeated id counts once, at its first position) and each
+    target that was not retrieved in the top ``k`` as a row below all of them.
 
     Parameters
     ----------
@@ -136,17 +142,42 @@ def recall_at_k_score(retrieved: np.ndarray, targets: Sequence[np.ndarray], k: i
         raise ValueError(f"retrieved must have shape (len(targets)={len(targets)}, K), got {retrieved.shape}")
     if not 1 <= k <= retrieved.shape[1]:
         raise ValueError(f"k must be in [1, {retrieved.shape[1]}], got {k}")
-    per_user = _recall_per_user(retrieved[:, :k], targets)
-    return float(np.nanmean(per_user)) if np.isfinite(per_user).any() else float("nan")
+    n = len(targets)
+    t_user = np.repeat(np.arange(n, dtype=np.int64), [len(t) for t in targets])
+    t_item = np.concatenate([np.asarray(t).ravel() for t in targets]) if n else np.zeros(0, np.int64)
+    if t_item.size == 0:
+        return float("nan")
+    top = retrieved[:, :k].ravel()
+    # (user, item) pairs as one integer key; items coded densely unless their ids already fit.
+    items = np.concatenate([top, t_item])
+    if np.issubdtype(items.dtype, np.integer) and items.min() >= 0 and (int(items.max()) + 1) * n < 2 ** 62:
+        codes, width = items.astype(np.int64), int(items.max()) + 1
+    else:
+        _, codes = np.unique(items, return_inverse=True)
+        codes, width = codes.reshape(-1), int(codes.max()) + 1
+    top_key = np.repeat(np.arange(n, dtype=np.int64), k) * width + codes[:top.size]
+    t_key = np.unique(t_user * width + codes[top.size:])
+    # Every one of the k slots stays a row (a repeat becomes an irrelevant filler), so targets not
+    # retrieved rank at k or below and never count as hits.
+    ordered = np.sort(retrieved[:, :k], axis=1)
+    if (ordered[:, 1:] == ordered[:, :-1]).any():
+        first = np.zeros(top.size, dtype=bool)
+        first[np.unique(top_key, return_index=True)[1]] = True
+    else:
+        first = np.ones(top.size, dtype=bool)
+    relevant = (first & _member(top_key, t_key)).astype(np.float64)
+    missed = t_key[~_member(t_key, np.sort(top_key[relevant > 0]))]
+    user = np.r_[top_key // width, missed // width]
+    score = np.r_[-np.tile(np.arange(k, dtype=np.float64), n), np.full(missed.size, -float(k))]
+    return recall_at_k(np.r_[relevant, np.ones(missed.size)], score, user, k)
 
 
-def _recall_per_user(retrieved: np.ndarray, targets: Sequence[np.ndarray]) -> np.ndarray:
-    out = np.full(len(targets), np.nan)
-    for i, t in enumerate(targets):
-        t = np.unique(np.asarray(t))
-        if len(t):
-            out[i] = np.isin(t, retrieved[i]).mean()
-    return out
+def _member(values: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """Whether each value is in ``sorted_keys`` (a binary search: np.isin's hashing is slow on millions of keys)."""
+    if sorted_keys.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
+    return sorted_keys[pos] == values
 
 
 def evaluate_retrievers(retrievers: Mapping[str, Retriever], queries: EvaluationQueries, *,

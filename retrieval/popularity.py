@@ -5,6 +5,9 @@ it has one, else the user's device; its hour is the UTC hour of the event. Score
 
     score_s(i) = sum of event weights of item i in segment s + global_weight * (sum over all segments)
 
+Event weights are :func:`features.popularity.event_weights` with ``config.popularity_weights``
+(the one popularity count; the segments and the global mix are this module's).
+
 Device code 0 (unknown device) stands for "any device": its segments count every device.
 """
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.popularity import event_weights
 from retrieval.config import ServingConfig
 from retrieval.inputs import HOUR_US, Vocabulary, hour_band
 from retrieval.logs import EventLog
@@ -55,7 +59,7 @@ class SegmentPopularity:
         if start_us is not None:
             mask &= ts >= start_us
         ev = ev[mask]
-        weights = np.asarray(config.popularity_weights, dtype=np.float64)[ev["type"].to_numpy()]
+        weights = event_weights(ev["type"].to_numpy(), config.popularity_weights)
         imp = log.impressions
         imp_device = pd.Series(devices.encode(imp["device"].to_numpy()), index=imp["impression_id"].to_numpy())
         imp_device = imp_device[~imp_device.index.duplicated()]

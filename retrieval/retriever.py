@@ -22,6 +22,7 @@ from typing import Self
 import numpy as np
 import pandas as pd
 
+from features.popularity import event_weights
 from retrieval.config import ServingConfig
 from retrieval.inputs import ItemCatalog, UserState
 from retrieval.logs import EventLog
@@ -305,7 +306,7 @@ class HistoryRetriever(Retriever):
         """Weigh each user's events (``config.popularity_weights``) and, optionally, impressions before ``as_of_us``."""
         ev = log.events[log.events["ts_us"].to_numpy() < as_of_us]
         parts = [(ev["user_id"].to_numpy(), ev["item_id"].to_numpy(), ev["ts_us"].to_numpy(),
-                  np.asarray(config.popularity_weights, dtype=np.float64)[ev["type"].to_numpy()])]
+                  event_weights(ev["type"].to_numpy(), config.popularity_weights))]
         if impression_weight > 0:
             imp = log.impressions[log.impressions["ts_us"].to_numpy() < as_of_us]
             parts.append((imp["user_id"].to_numpy(), imp["item_id"].to_numpy(), imp["ts_us"].to_numpy(),

@@ -11,7 +11,15 @@ import pyarrow.dataset as ds
 import pytest
 
 from experiments.config import SimulatorConfig
-from experiments.evaluate import PLOT_FILES, EvaluationConfig, evaluate_scored, read_scored
+from experiments.evaluate import (
+    LOGGED_DATA_CAVEAT,
+    NO_SUPPORT,
+    PLOT_FILES,
+    EvaluationConfig,
+    evaluate_scored,
+    read_scored,
+    summary_lines,
+)
 from experiments.simulator import MarketplaceSimulator, Requests
 from experiments.simulator import behaviour as bh
 from experiments.simulator.world import DEVICES
@@ -178,6 +186,32 @@ def _frame() -> pd.DataFrame:
                          "is_new_seller": [False, True, False, False]})
 
 
+def test_an_off_policy_estimate_without_support_is_explained_not_zero(tmp_path):
+    # Every request is randomized (pscore given) and the model reverses each logged order, so its
+    # order holds no (item, slot) of the logs: IPS and SNIPS are undefined, DR is its reward model.
+    scored = _frame().assign(score=[0.1, 0.2, 0.4, 0.5], pscore=0.5)
+    rep = evaluate_scored(scored, tmp_path / "r", model_version="reversed", config=EvaluationConfig(k_values=(1, 2)))
+    ope = rep.metrics["off_policy"]
+    assert ope["support"]["rows"] == 0 and ope["note"] == NO_SUPPORT
+    for name in ("ipw", "snipw"):
+        assert ope[name]["value"] is None and ope[name]["ci_low"] is None and ope[name]["note"] == NO_SUPPORT
+    assert ope["dr"]["value"] == pytest.approx(ope["dm"]["value"]) and "direct method" in ope["dr"]["note"]
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"metrics.json holds {constant}")
+
+    stored = json.loads((tmp_path / "r" / "metrics.json").read_text(), parse_constant=refuse)
+    assert stored["off_policy"]["ipw"]["value"] is None
+    assert "off_policy_ipw_value" not in rep.flat_metrics()
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "| ipw | undefined: no support | - |" in text and NO_SUPPORT in text and LOGGED_DATA_CAVEAT in text
+    assert " 0 [0, 0]" not in text
+    lines = summary_lines(rep.metrics)
+    assert lines[1] == f"caveat: {LOGGED_DATA_CAVEAT}"
+    assert any(line.strip().startswith("model, IPS: undefined (no support") for line in lines), lines
+    assert any("0 (0.0%) supporting the model's order" in line for line in lines), lines
+
+
 @pytest.mark.parametrize(("change", "error", "match"), [
     (lambda f: f.drop(columns=["score"]), ValueError, "missing \\['score'\\]"),
     (lambda f: f.assign(p_purchase=[0.1, 1.5, 0.2, 0.3]), ValueError, "p_purchase must be in \\[0, 1\\]"),
@@ -246,6 +280,7 @@ def test_cli_evaluate_writes_the_report_and_logs_to_a_run(logged, tmp_path, mlfl
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "evaluated oracle-v2" in out and "NDCG@10" in out and "off-policy GMV per slot" in out
+    assert f"caveat: {LOGGED_DATA_CAVEAT}" in out
     assert (tmp_path / "report" / "report.md").is_file()
     assert "eval_ranking_model_ndcg_5" in mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
 

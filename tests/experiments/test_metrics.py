@@ -162,8 +162,8 @@ def test_log_loss_and_auc_match_sklearn():
 def test_expected_calibration_error_known_answer():
     # Uniform bins of width 0.5: bin 1 holds p = 0.2, 0.2 (rate 0.5), bin 2 holds p = 0.9 (rate 1).
     y, p = [0, 1, 1], [0.2, 0.2, 0.9]
-    assert m.expected_calibration_error(y, p, n_bins=2) == pytest.approx((2 * 0.3 + 1 * 0.1) / 3)
-    curve = m.reliability_curve(y, p, n_bins=2)
+    assert m.expected_calibration_error(y, p, n_bins=2, strategy="uniform") == pytest.approx((2 * 0.3 + 1 * 0.1) / 3)
+    curve = m.reliability_curve(y, p, n_bins=2, strategy="uniform")
     np.testing.assert_allclose(curve.mean_predicted, [0.2, 0.9])
     np.testing.assert_allclose(curve.observed_rate, [0.5, 1.0])
     np.testing.assert_array_equal(curve.count, [2, 1])
@@ -171,7 +171,7 @@ def test_expected_calibration_error_known_answer():
 
 
 def test_reliability_curve_drops_empty_bins_and_puts_one_in_the_last_bin():
-    curve = m.reliability_curve([0, 1], [0.05, 1.0], n_bins=10)
+    curve = m.reliability_curve([0, 1], [0.05, 1.0], n_bins=10, strategy="uniform")
     np.testing.assert_array_equal(curve.count, [1, 1])
     np.testing.assert_allclose(curve.bin_upper, [0.1, 1.0])
 
@@ -180,9 +180,10 @@ def test_ece_is_small_for_calibrated_and_large_for_overconfident_predictions():
     rng = np.random.default_rng(6)
     p = rng.uniform(0, 1, 20_000)
     y = (rng.random(p.size) < p).astype(int)
+    assert m.expected_calibration_error(y, p, strategy="uniform") < 0.02
     assert m.expected_calibration_error(y, p) < 0.02
-    assert m.expected_calibration_error(y, p, strategy="quantile") < 0.02
     sharp = np.clip((p - 0.5) * 3 + 0.5, 0, 1)
+    assert m.expected_calibration_error(y, sharp, strategy="uniform") > 0.1
     assert m.expected_calibration_error(y, sharp) > 0.1
 
 

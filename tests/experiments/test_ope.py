@@ -256,3 +256,33 @@ def test_snipw_bootstrap_renormalises_within_each_resample():
     assert res["snipw"].value == pytest.approx(0.25)
     assert res["snipw"].ci_low == pytest.approx(0.25)
     assert res["snipw"].ci_high == pytest.approx(0.25)
+
+
+# ------------------------------------------------------------------ support
+
+
+def test_no_support_is_undefined_not_zero():
+    # The evaluation policy puts action 1 at slot 0 and action 0 at slot 1: the logs show the opposite.
+    kw = _base_kwargs()
+    kw["action"], kw["position"] = np.array([0, 1, 0]), np.array([0, 1, 0])
+    dist = np.zeros((3, 2, 2))
+    dist[:, 1, 0] = dist[:, 0, 1] = 1.0
+    kw["action_dist"] = dist
+    res = estimate_policy_value(**kw)
+    for name in ("ipw", "snipw"):
+        est = res[name]
+        assert (est.rows, est.support, est.supported) == (3, 0, False)
+        assert np.isnan(est.value) and np.isnan(est.ci_low) and np.isnan(est.ci_high)
+    # DR keeps its reward model's value (the direct method): q(1, 0) = 0.4 at slot 0, q(0, 1) = 0.3 at slot 1.
+    assert res["dr"].support == 0 and res["dr"].value == pytest.approx((0.4 + 0.3 + 0.4) / 3)
+
+
+def test_partial_support_is_counted():
+    res = estimate_policy_value(**_base_kwargs())
+    assert all((e.rows, e.support, e.supported) == (3, 3, True) for e in res.values())
+    kw = _base_kwargs()
+    kw["action_dist"] = ACTION_DIST.copy()
+    kw["action_dist"][1] = [[0.0, 1.0], [1.0, 0.0]]  # row 1 (action 1 at slot 1) loses its support
+    res = estimate_policy_value(**kw, estimators=("ipw", "snipw"))
+    assert res["ipw"].support == 2 and res["ipw"].value == pytest.approx((1.6 * 1 + 1.0 * 1) / 3)
+    assert res["snipw"].value == pytest.approx((1.6 + 1.0) / (1.6 + 1.0))

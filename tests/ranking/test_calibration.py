@@ -100,7 +100,7 @@ def test_ece_known_answer():
     assert expected_calibration_error(y, p, n_bins=2) == pytest.approx(0.5 * 0.1 + 0.5 * 0.0)
     curve = reliability_curve(y, p, n_bins=2)
     np.testing.assert_allclose(curve.mean_predicted, [0.1, 0.5])
-    np.testing.assert_allclose(curve.observed, [0.0, 0.5])
+    np.testing.assert_allclose(curve.observed_rate, [0.0, 0.5])
     # Uniform bins put everything below 0.5 together.
     assert expected_calibration_error(y, p, n_bins=2, strategy="uniform") == pytest.approx(0.05)
 
@@ -119,11 +119,11 @@ def test_ece_of_a_perfect_predictor_is_small_and_weights_count():
 
 @pytest.mark.parametrize("y, p, kwargs, error, match", [
     ([0, 1], [0.1], {}, ValueError, "same length"),
-    ([], [], {}, ValueError, "must not be empty"),
-    ([0, 2], [0.1, 0.2], {}, ValueError, "only 0 and 1"),
-    ([0, 1], [0.1, 1.2], {}, ValueError, r"lie in \[0, 1\]"),
+    ([], [], {}, ValueError, "must be non-empty"),
+    ([0, 2], [0.1, 0.2], {}, ValueError, "y_true must be binary"),
+    ([0, 1], [0.1, 1.2], {}, ValueError, r"y_prob must be in \[0.0, 1.0\]"),
     ([0, 1], [0.1, np.nan], {}, ValueError, "finite"),
-    ([0, 1], ["a", "b"], {}, TypeError, "numeric"),
+    ([0, 1], ["a", "b"], {}, TypeError, "y_prob must hold numbers"),
     ([0, 1], [0.1, 0.2], {"n_bins": 0}, ValueError, "n_bins must be"),
     ([0, 1], [0.1, 0.2], {"strategy": "kmeans"}, ValueError, "strategy must be"),
     ([0, 1], [0.1, 0.2], {"sample_weight": [1.0, -1.0]}, ValueError, "sample_weight must be"),
