@@ -190,10 +190,11 @@ def derived_matrix(inputs: Mapping[str, Any], ts_us: np.ndarray | int, device: n
     price = inputs["f_item_price"]
     out["f_ui_price_to_purchase_mean"] = _ratio(price, inputs["f_user_purchase_price_mean_30d"])
     out["f_ui_price_to_click_mean"] = _ratio(price, inputs["f_user_click_price_mean_30d"])
-    rel = inputs["f_item_price_to_cat_median"]
+    # Inputs a bundle built before f_ui_rel_price_gap existed does not hold: absent means null.
+    rel = np.asarray(inputs.get("f_item_price_to_cat_median", np.nan), dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_rel = np.where(rel > 0, np.log(np.where(rel > 0, rel, 1.0)), np.nan)
-    out["f_ui_rel_price_gap"] = log_rel - inputs["f_user_rel_price_30d"]
+    out["f_ui_rel_price_gap"] = log_rel - np.asarray(inputs.get("f_user_rel_price_30d", np.nan), dtype=np.float64)
 
     hour = (ts_us // HOUR_US) % 24
     dow = (today + 3) % 7  # 1970-01-01 was a Thursday (3 with Monday = 0)

@@ -40,6 +40,12 @@ class GBDTParams:
     learning_rate, num_leaves, max_depth, min_data_in_leaf, feature_fraction,
     bagging_fraction, bagging_freq, lambda_l2 :
         As in LightGBM (``max_depth = -1`` is unlimited).
+    increasing, decreasing : tuple of str
+        LightGBM monotone constraints by feature name: the output may only rise (fall) with
+        these features (names the model does not have are ignored). Prior knowledge
+        that holds in any marketplace (e.g. a higher price relative to what the buyer usually
+        pays never makes a purchase more likely) keeps a model trained on few purchases from
+        learning noise in the opposite direction.
     """
 
     num_boost_round: int = 300
@@ -53,6 +59,8 @@ class GBDTParams:
     bagging_fraction: float = 1.0
     bagging_freq: int = 0
     lambda_l2: float = 0.0
+    increasing: tuple[str, ...] = ()
+    decreasing: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check(self.num_boost_round >= 1, "num_boost_round", ">= 1", self.num_boost_round)
@@ -66,6 +74,8 @@ class GBDTParams:
         check(0.0 < self.bagging_fraction <= 1.0, "bagging_fraction", "in (0, 1]", self.bagging_fraction)
         check(self.bagging_freq >= 0, "bagging_freq", ">= 0", self.bagging_freq)
         check(self.lambda_l2 >= 0.0, "lambda_l2", ">= 0", self.lambda_l2)
+        both = set(self.increasing) & set(self.decreasing)
+        check(not both, "decreasing", f"features not also in increasing (both: {sorted(both)})", self.decreasing)
 
     def lightgbm_params(self) -> dict[str, Any]:
         """The tree parameters as LightGBM's ``params`` keys (without objective, threads or seed)."""
@@ -79,6 +89,13 @@ class GBDTParams:
             "bagging_freq": self.bagging_freq,
             "lambda_l2": self.lambda_l2,
         }
+
+    def monotone_constraints(self, feature_names: list[str]) -> list[int] | None:
+        """LightGBM's ``monotone_constraints`` vector for ``feature_names`` (None without constraints)."""
+        if not (self.increasing or self.decreasing):
+            return None
+        up, down = set(self.increasing), set(self.decreasing)
+        return [1 if name in up else -1 if name in down else 0 for name in feature_names]
 
 
 @dataclass(frozen=True)

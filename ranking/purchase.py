@@ -101,7 +101,11 @@ class PurchaseModel(FittedBooster):
             stopper = EarlyStoppingOnMetric("binary_logloss", self.params.early_stopping_rounds,
                                             min_rounds=min(self.params.min_boost_round, self.params.num_boost_round))
             all_callbacks.append(stopper)
-        booster = lgb.train(self.lightgbm_params(), train_set, num_boost_round=self.params.num_boost_round,
+        params = self.lightgbm_params()
+        constraints = self.params.monotone_constraints(names)
+        if constraints is not None and any(constraints):
+            params = {**params, "monotone_constraints": constraints, "monotone_constraints_method": "advanced"}
+        booster = lgb.train(params, train_set, num_boost_round=self.params.num_boost_round,
                             valid_sets=valid_sets, valid_names=["valid"][: len(valid_sets)], callbacks=all_callbacks)
         self._adopt(booster, names, stopper, "purchase model")
         return self

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from features.popularity import popularity_counts
+
 __all__ = ["ItemSnapshot", "snapshot_from_tables"]
 
 
@@ -83,7 +85,8 @@ def snapshot_from_tables(items: pd.DataFrame, sellers: pd.DataFrame, events: pd.
                          features: pd.DataFrame | None = None) -> ItemSnapshot:
     """Build a snapshot from contract tables as of ``as_of``.
 
-    Popularity is ``5 * purchases + clicks`` over the ``popularity_days`` before ``as_of``; a
+    Popularity is :func:`features.popularity.popularity_counts` (the platform's one weighted event
+    count) over the ``popularity_days`` before ``as_of``; a
     seller is new when created within ``new_seller_days`` before ``as_of``. ``features``, if
     given, is indexed by item_id and holds the feature columns (missing items get NaN).
     """
@@ -92,8 +95,7 @@ def snapshot_from_tables(items: pd.DataFrame, sellers: pd.DataFrame, events: pd.
     created = sellers.set_index("seller_id")["created_ts"].reindex(items["seller_id"])
     new_seller = (created >= as_of - pd.Timedelta(days=new_seller_days)).to_numpy()
     recent = events[(events["ts"] < as_of) & (events["ts"] >= as_of - pd.Timedelta(days=popularity_days))]
-    weight = np.where(recent["type"] == "purchase", 5.0, np.where(recent["type"] == "click", 1.0, 0.0))
-    pop = pd.Series(weight, index=recent["item_id"].to_numpy()).groupby(level=0).sum()
+    pop = popularity_counts(recent["item_id"].to_numpy(), recent["type"].to_numpy())
     popularity = pop.reindex(items["item_id"]).fillna(0.0).to_numpy()
     feats = (features.reindex(items["item_id"]).reset_index(drop=True) if features is not None
              else pd.DataFrame(index=range(len(items))))

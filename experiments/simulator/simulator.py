@@ -186,9 +186,13 @@ class MarketplaceSimulator:
         day_start = self.config.start_us + day * DAY_US
         return (self.world.item_created_us < day_start) & self.world.item_in_stock
 
-    def requests_for_day(self, day: int) -> Requests:
-        """The feed requests of day ``day`` (0-based), sorted by time; deterministic in the seed."""
-        if not 0 <= day < self.config.days:
+    def requests_for_day(self, day: int, *, beyond_period: bool = False) -> Requests:
+        """The feed requests of day ``day`` (0-based), sorted by time; deterministic in the seed.
+
+        ``beyond_period=True`` allows days after the simulated period (the same world, later
+        traffic): what a model trained on the period's logs faces next.
+        """
+        if not 0 <= day < (2**31 if beyond_period else self.config.days):
             raise ValueError(f"day must be in [0, {self.config.days}), got {day}")
         w, cfg = self.world, self.config
         rng = np.random.default_rng([cfg.seed, day, 0])

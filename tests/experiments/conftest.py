@@ -18,8 +18,15 @@ import pytest
 from experiments.ab_readout import analyze_experiment, load_experiment
 from experiments.ab_simulation import ABSimulationConfig, run_ab_simulation
 from experiments.config import SimulatorConfig
-from experiments.policies import LogHistory, PipelinePolicy, PopularityPolicy
+from experiments.policies import (
+    HistoryAffinityPolicy,
+    LogHistory,
+    OraclePolicy,
+    PipelinePolicy,
+    PopularityPolicy,
+)
 from experiments.simulator import MarketplaceSimulator
+from experiments.truth import StagedPipelinePolicy
 
 # The pre-period is served by the simulator's exploring incumbent; a tenth of its requests are
 # randomized, so that two days hold enough randomized traffic to estimate position bias.
@@ -66,13 +73,18 @@ def full_system_ab(tmp_path_factory: pytest.TempPathFactory, spark) -> dict:
             run_training(config, logs_dir=logs, run_dir=root / "train", register=False,
                          on_step=_stop_before_evaluation)
         bundle = root / "train" / "bundle"
-        policy = PipelinePolicy.from_bundle(bundle, version="full-system-v1",
-                                            feed_length=FULL_SYSTEM_SIM.feed_length, candidate_count=100)
+        policy = StagedPipelinePolicy.from_pipeline_policy(
+            PipelinePolicy.from_bundle(bundle, version="full-system-v1", feed_length=FULL_SYSTEM_SIM.feed_length,
+                                       candidate_count=100), sim)
         built.update(history=history, policy=policy, bundle_dir=bundle, train_seconds=time.perf_counter() - started)
         return policy
 
+    arms = {"oracle": OraclePolicy(sim),
+            "category_affinity": lambda h: HistoryAffinityPolicy.from_history(h, feed_length=FULL_SYSTEM_SIM.feed_length),
+            "stage_retrieval_ceiling": lambda h: built["policy"].stage("retrieval_ceiling"),
+            "stage_model": lambda h: built["policy"].stage("model")}
     result = run_ab_simulation(sim, PopularityPolicy.from_simulator(sim), factory, root / "ab",
-                               config=FULL_SYSTEM_DESIGN, progress=False)
+                               config=FULL_SYSTEM_DESIGN, arms=arms, progress=False)
     data = load_experiment(result.log_dir)
     return {"sim": sim, "result": result, "data": data, "readout": analyze_experiment(data), **built}
 
