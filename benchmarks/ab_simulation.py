@@ -119,7 +119,6 @@ def train_config(work: Path, *, trees: int, epochs: int):
         # one torch thread: on a busy 2-core machine two threads ran ~10x slower (docs/retrieval.md)
         "retrieval": {"training": {"max_epochs": epochs, "batch_size": 512, "num_threads": 1}},
         "ranking": {"ranker": {"num_boost_round": trees, "min_data_in_leaf": 20},
-                    "purchase": {"num_boost_round": trees, "min_data_in_leaf": 20},
                     "propensity": {"min_impressions": 50}, "purchase_label": "purchased_24h"},
         "infra": {"data_dir": str(work / "data")},
     })

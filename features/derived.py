@@ -75,6 +75,9 @@ _USER_SCALARS: tuple[str, ...] = ("user_signup_us", "f_user_purchase_price_mean_
 _TOP_LISTS: tuple[tuple[str, str], ...] = (("top_cat_id", "top_cat_w"), ("top_seller_id", "top_seller_n"),
                                            ("top_item_id", "top_item_n"))
 
+# Inputs added after the first feature set: a row (or a bundle) without them gives null features.
+OPTIONAL_INPUTS: frozenset[str] = frozenset({"f_item_price_to_cat_median", "f_user_rel_price_30d"})
+
 DERIVED_FEATURES: tuple[str, ...] = (
     "f_user_tenure_days", "f_user_views_today", "f_user_clicks_today", "f_user_carts_today",
     "f_user_purchases_today", "f_user_hours_since_view", "f_user_hours_since_event",
@@ -190,7 +193,7 @@ def derived_matrix(inputs: Mapping[str, Any], ts_us: np.ndarray | int, device: n
     price = inputs["f_item_price"]
     out["f_ui_price_to_purchase_mean"] = _ratio(price, inputs["f_user_purchase_price_mean_30d"])
     out["f_ui_price_to_click_mean"] = _ratio(price, inputs["f_user_click_price_mean_30d"])
-    # Inputs a bundle built before f_ui_rel_price_gap existed does not hold: absent means null.
+    # OPTIONAL_INPUTS: a bundle built before f_ui_rel_price_gap existed does not hold them
     rel = np.asarray(inputs.get("f_item_price_to_cat_median", np.nan), dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         log_rel = np.where(rel > 0, np.log(np.where(rel > 0, rel, 1.0)), np.nan)
@@ -238,7 +241,8 @@ def derived_features(frame: pd.DataFrame) -> pd.DataFrame:
     needed = list(REALTIME_INPUTS + ITEM_INPUTS + _USER_SCALARS)
     for (ids, values), k in zip(_TOP_LISTS, widths.values(), strict=True):
         needed += [f"{ids}_{i}" for i in range(1, k + 1)] + [f"{values}_{i}" for i in range(1, k + 1)]
-    inputs = {name: _float(frame, name) for name in needed}
+    inputs = {name: _float(frame, name) if name in frame.columns or name not in OPTIONAL_INPUTS
+              else np.full(len(frame), np.nan) for name in needed}
     device = frame["device"]
     codes = device.map(DEVICE_CODES).astype("float64").to_numpy(na_value=np.nan)
     known = device.notna().to_numpy()

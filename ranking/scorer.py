@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,29 +90,26 @@ class ExpectedGMVScorer:
         model was trained with the slot (the scorer then fills 0).
     blend_weight : float, default 0.5
         See the module docstring.
-    click : Predictor, optional
-        P(click | examined); with it, ``purchase`` is P(purchase | click) and the uncalibrated
-        P(purchase | examined) is their product.
-    click_feature_names : list of str, optional
-        The click model's features (``feature_names``, optionally followed by ``"position"``).
+    stages : sequence of (name, Predictor, feature names), optional
+        The purchase funnel's stages before the purchase model (e.g. ``click``, ``cart``), each
+        a conditional probability; with them, ``purchase`` is P(purchase | the last stage) and the
+        uncalibrated P(purchase | examined) is the product of all of them. Feature names are
+        ``feature_names``, optionally followed by ``"position"`` (filled with 0: slot 0).
     """
 
     def __init__(self, *, ranker: Predictor, purchase: Predictor, calibrator: Any,
                  feature_names: list[str], purchase_feature_names: list[str], blend_weight: float = 0.5,
-                 click: Predictor | None = None, click_feature_names: list[str] | None = None) -> None:
+                 stages: Sequence[tuple[str, Predictor, list[str]]] = ()) -> None:
         self.ranker = ranker
         self.purchase = purchase
         self.calibrator = calibrator
         self.feature_names = feature_names
         self.purchase_feature_names = purchase_feature_names
         self.blend_weight = blend_weight
-        self.click = click
-        self.click_feature_names = click_feature_names
+        self.stages = tuple(stages)
         self._with_position = _slot_appended("purchase_feature_names", purchase_feature_names, feature_names)
-        self._click_position = (_slot_appended("click_feature_names", click_feature_names, feature_names)
-                                if click is not None and click_feature_names is not None else False)
-        if click is not None and click_feature_names is None:
-            raise ValueError("click_feature_names must be given with a click model")
+        self._stage_position = tuple(_slot_appended(f"stages[{name!r}] feature names", names, feature_names)
+                                     for name, _, names in self.stages)
         if blend_weight < 0:
             raise ValueError(f"blend_weight must be >= 0, got {blend_weight}")
 
@@ -154,20 +152,22 @@ class ExpectedGMVScorer:
             lib_path = root / lib if (prefer_compiled and lib is not None) else None
             return load_predictor(root / files[name], lib_path, raw_score=raw, num_threads=num_threads)
 
-        has_click = "click" in files
+        stage_features = meta.get("stage_features") or {}
+        stages = [(name, predictor(name, False), list(stage_features[name]))
+                  for name in (meta.get("funnel") or ["purchase"])[:-1]]
         return cls(ranker=predictor("ranker", True), purchase=predictor("purchase", False),
                    calibrator=load_calibrator(root / files["calibrator"]),
                    feature_names=list(meta["features"]), purchase_feature_names=list(meta["purchase_features"]),
                    blend_weight=meta["scorer"]["blend_weight"] if blend_weight is None else blend_weight,
-                   click=predictor("click", False) if has_click else None,
-                   click_feature_names=list(meta["click_features"]) if has_click else None)
+                   stages=stages)
 
     def raw_purchase_probability(self, X: np.ndarray) -> np.ndarray:
-        """Uncalibrated P(purchase | examined) of each candidate row of ``X`` (n, d) at slot 0, shape (n,)."""
-        slot0 = np.hstack([X, np.zeros((len(X), 1))]) if (self._with_position or self._click_position) else X
+        """Uncalibrated P(purchase | examined) of each candidate row of ``X`` (n, d) at slot 0, shape (n,):
+        the product of the funnel's stages."""
+        slot0 = (np.hstack([X, np.zeros((len(X), 1))]) if self._with_position or any(self._stage_position) else X)
         p = self.purchase.predict(slot0 if self._with_position else X)
-        if self.click is not None:
-            p = p * self.click.predict(slot0 if self._click_position else X)
+        for (_, model, _), slot in zip(self.stages, self._stage_position, strict=True):
+            p = p * model.predict(slot0 if slot else X)
         return p
 
     def purchase_probability(self, X: np.ndarray) -> np.ndarray:

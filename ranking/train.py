@@ -49,7 +49,7 @@ from ranking.compile import (
     compile_model,
     warn_compiled_unavailable,
 )
-from ranking.config import GBDTParams, RankingConfig
+from ranking.config import FUNNELS, STAGE_LABELS, GBDTParams, RankingConfig
 from ranking.propensity import PositionBiasEstimator
 from ranking.purchase import PurchaseModel
 from ranking.ranker import LambdaMARTRanker
@@ -77,7 +77,6 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("request_id", "ts", "label", "position", "r
                                      "clicked", "sample_weight", "price")
 COMPILE_TOLERANCE = 1e-5
 _FILES = {"ranker": "ranker.txt", "purchase": "purchase.txt", "calibrator": "calibrator.npz"}
-CLICK_FILE = "click.txt"
 
 
 def feature_columns(frame: pd.DataFrame) -> list[str]:
@@ -290,8 +289,13 @@ def ranking_metrics(scores: np.ndarray, frame: pd.DataFrame, eval_at: tuple[int,
 
 @dataclass(frozen=True)
 class PurchaseFit:
-    """The purchase model (and, factorised, its click model), its calibrator, held-out metrics,
-    and the held-out rows with their predictions."""
+    """The purchase model -- the last stage of the funnel -- and the stages before it, its
+    calibrator, held-out metrics, and the held-out rows with their predictions.
+
+    ``stages`` holds ``(name, model, feature names)`` of the funnel's earlier stages in order
+    (e.g. ``click``, then ``cart``); ``model`` is P(purchase | the last of them), or P(purchase)
+    itself when the funnel is ``direct``.
+    """
 
     model: PurchaseModel
     calibrator: Calibrator
@@ -303,8 +307,7 @@ class PurchaseFit:
     heldout_raw: np.ndarray
     heldout_calibrated: np.ndarray
     heldout_weight: np.ndarray
-    click_model: PurchaseModel | None = None
-    click_features: list[str] | None = None
+    stages: tuple[tuple[str, PurchaseModel, list[str]], ...] = ()
 
 
 def _purchase_rows(frame: pd.DataFrame, config: RankingConfig) -> pd.DataFrame:
@@ -342,16 +345,19 @@ def fit_purchase_model(frame: pd.DataFrame, features: list[str], config: Ranking
     (:func:`ranking.calibration.select_calibrator`), and metrics are measured on the third (on
     the second when ``test_fraction`` is 0, marked ``heldout: "valid"``).
 
-    With ``config.purchase_model == "click_then_purchase"`` the uncalibrated probability is
-    ``P(click | x, slot) * P(purchase | click, x)``: the click model learns from every row of the
-    train slice (the slot as a feature when ``purchase_position_feature``), the second factor
-    from its clicked rows (or rows with a purchase). The calibrator maps that product, taken at
-    each row's logged slot, to the observed purchases; candidates are scored at slot 0.
+    The purchase model is a funnel of conditional models (:data:`ranking.config.FUNNELS`): with
+    ``click_cart_purchase``, ``P(click | x, slot) * P(cart | click, x) * P(purchase | cart, x)``.
+    The first stage learns from every row of the train slice (the slot as a feature when
+    ``purchase_position_feature``), each later stage from the rows that reached the stage before
+    it (or any later one). Each stage learns from many more positives than purchases alone give,
+    and the later ones see price and seller effects free of where the item was shown. The
+    calibrator maps the product, taken at each row's logged slot, to the observed purchases;
+    candidates are scored at slot 0.
 
     Raises
     ------
     ValueError
-        When too few rows have a complete label, or a slice has no purchase (or no click).
+        When too few rows have a complete label, or a slice has no purchase (or no stage positive).
     """
     rows = _purchase_rows(frame, config)
     if rows["request_id"].nunique() < 10:
@@ -359,53 +365,47 @@ def fit_purchase_model(frame: pd.DataFrame, features: list[str], config: Ranking
                          "purchase_label='purchased_24h' or complete_labels_only=false")
     slices = split_by_time(rows, valid_fraction=config.valid_fraction, test_fraction=config.test_fraction)
     position = config.purchase_position_feature
-    factorised = config.purchase_model == "click_then_purchase"
     label = config.purchase_label
+    funnel = FUNNELS[config.purchase_model]
+    columns = [STAGE_LABELS[name] for name in funnel[:-1]] + [label]
 
-    def target(part: pd.DataFrame) -> np.ndarray:
-        return part[label].to_numpy(dtype=bool)
+    def target(part: pd.DataFrame, column: str = label) -> np.ndarray:
+        return part[column].to_numpy(dtype=bool)
 
     def weight(part: pd.DataFrame) -> np.ndarray:
         return part["sample_weight"].to_numpy(dtype=np.float64)
 
+    def reached(part: pd.DataFrame, j: int) -> pd.DataFrame:
+        """Rows that reached stage ``j`` (a positive of stage ``j - 1`` or of any later stage)."""
+        if j == 0:
+            return part
+        hit = np.zeros(len(part), dtype=bool)
+        for column in columns[j - 1:]:
+            hit |= target(part, column)
+        return part[hit]
+
     if slices.valid[label].sum() == 0:
         raise ValueError("the purchase model's validation slice has no purchase: cannot calibrate")
-    click_model = None
-    click_names: list[str] | None = None
-    if factorised:
-        click_names = features + ([POSITION_FEATURE] if position else [])
-        click_model = PurchaseModel(params=config.click, num_threads=config.num_threads, seed=config.seed)
-        click_model.fit(_with_position(slices.train, features, position), slices.train["clicked"].to_numpy(bool),
-                        sample_weight=weight(slices.train),
-                        eval_set=(_with_position(slices.valid, features, position),
-                                  slices.valid["clicked"].to_numpy(bool), weight(slices.valid)),
-                        feature_names=click_names)
-        names = list(features)
-
-        def engaged(part: pd.DataFrame) -> pd.DataFrame:
-            return part[part["clicked"].to_numpy(bool) | target(part)]
-
-        tr, va = engaged(slices.train), engaged(slices.valid)
-        if target(tr).sum() == 0 or target(va).sum() == 0:
-            raise ValueError("the clicked rows of the train or validation slice hold no purchase: cannot learn "
-                             "P(purchase | click); use purchase_model='direct' or a longer log")
-        model = PurchaseModel(params=config.purchase, num_threads=config.num_threads, seed=config.seed)
-        model.fit(tr[features].astype("float64"), target(tr), sample_weight=weight(tr),
-                  eval_set=(va[features].astype("float64"), target(va), weight(va)), feature_names=names)
-    else:
-        names = features + ([POSITION_FEATURE] if position else [])
-        model = PurchaseModel(params=config.purchase, num_threads=config.num_threads, seed=config.seed)
-        model.fit(_with_position(slices.train, features, position), target(slices.train),
-                  sample_weight=weight(slices.train),
-                  eval_set=(_with_position(slices.valid, features, position), target(slices.valid),
-                            weight(slices.valid)), feature_names=names)
+    models: list[tuple[str, PurchaseModel, list[str]]] = []
+    for j, (name, column) in enumerate(zip(funnel, columns, strict=True)):
+        slot = position and j == 0  # only the first stage depends on where the item was shown
+        names = features + ([POSITION_FEATURE] if slot else [])
+        tr, va = reached(slices.train, j), reached(slices.valid, j)
+        if target(tr, column).sum() == 0 or target(va, column).sum() == 0:
+            raise ValueError(f"stage {name!r} of the purchase funnel has no positive ({column}) in the train or "
+                             "validation slice: use a simpler purchase_model or a longer log")
+        params = getattr(config, name) if name != "purchase" else config.purchase
+        model = PurchaseModel(params=params, num_threads=config.num_threads, seed=config.seed)
+        model.fit(_with_position(tr, features, slot), target(tr, column), sample_weight=weight(tr),
+                  eval_set=(_with_position(va, features, slot), target(va, column), weight(va)), feature_names=names)
+        models.append((name, model, names))
 
     def raw(part: pd.DataFrame) -> np.ndarray:
-        """Uncalibrated P(purchase) of each row at its logged slot."""
-        if click_model is not None:
-            return (click_model.predict_proba(_with_position(part, features, position))
-                    * model.predict_proba(part[features].astype("float64")))
-        return model.predict_proba(_with_position(part, features, position))
+        """Uncalibrated P(purchase) of each row at its logged slot: the product of the stages."""
+        p = np.ones(len(part))
+        for j, (_, model, _) in enumerate(models):
+            p *= model.predict_proba(_with_position(part, features, position and j == 0))
+        return p
 
     calibrator, losses = select_calibrator(raw(slices.valid), target(slices.valid),
                                            sample_weight=weight(slices.valid), kind=config.calibration,
@@ -417,18 +417,20 @@ def fit_purchase_model(frame: pd.DataFrame, features: list[str], config: Ranking
     cal = calibrator.predict(raw_h)
     uncal = _binary_metrics(yh, raw_h, wh, config.calibration_bins)
     calm = _binary_metrics(yh, cal, wh, config.calibration_bins)
-    metrics: dict[str, Any] = {"heldout": heldout_name, "best_iteration": model.best_iteration_,
-                               "valid": model.valid_scores_, "uncalibrated": uncal, "calibrated": calm,
+    last = models[-1][1]
+    metrics: dict[str, Any] = {"heldout": heldout_name, "best_iteration": last.best_iteration_,
+                               "valid": last.valid_scores_, "uncalibrated": uncal, "calibrated": calm,
                                "calibrator": calibrator.kind, "calibrator_log_loss": losses,
-                               "model": config.purchase_model}
-    if click_model is not None:
-        metrics["click"] = {"best_iteration": click_model.best_iteration_, "valid": click_model.valid_scores_}
+                               "model": config.purchase_model,
+                               "stages": {name: {"label": column, "best_iteration": m.best_iteration_,
+                                                 "valid": m.valid_scores_}
+                                          for (name, m, _), column in zip(models, columns, strict=True)}}
     logger.info("purchase model (%s): held-out log loss %.5f -> %.5f, ECE %.5f -> %.5f after %s calibration "
                 "(base rate %.5f)", config.purchase_model, uncal["log_loss"], calm["log_loss"], uncal["ece"],
                 calm["ece"], calibrator.kind, calm["base_rate"])
-    return PurchaseFit(model=model, calibrator=calibrator, features=names, metrics=metrics, window=slices.window(),
-                       heldout_rows=heldout_rows, heldout_y=yh, heldout_raw=raw_h, heldout_calibrated=cal,
-                       heldout_weight=wh, click_model=click_model, click_features=click_names)
+    return PurchaseFit(model=last, calibrator=calibrator, features=models[-1][2], metrics=metrics,
+                       window=slices.window(), heldout_rows=heldout_rows, heldout_y=yh, heldout_raw=raw_h,
+                       heldout_calibrated=cal, heldout_weight=wh, stages=tuple(models[:-1]))
 
 
 @dataclass(frozen=True)
@@ -569,19 +571,19 @@ def train_ranking_models(frame: pd.DataFrame, config: RankingConfig, out_dir: st
     purchase.model.save(root / _FILES["purchase"])
     purchase.calibrator.save(root / _FILES["calibrator"])
     files: dict[str, str] = dict(_FILES)
-    (root / CLICK_FILE).unlink(missing_ok=True)
-    if purchase.click_model is not None:
-        purchase.click_model.save(root / CLICK_FILE)
-        files["click"] = CLICK_FILE
+    for name in STAGE_LABELS:
+        (root / f"{name}.txt").unlink(missing_ok=True)
+    for name, model, _ in purchase.stages:
+        model.save(root / f"{name}.txt")
+        files[name] = f"{name}.txt"
 
     sample = slices.test if len(slices.test) else slices.valid
     sample = sample.iloc[: min(len(sample), 2000)]
     plain = sample[features].to_numpy(dtype=np.float64)
-    with_slot = (np.hstack([plain, sample[["position"]].to_numpy(dtype=np.float64)])
-                 if config.purchase_position_feature else plain)
-    heldout = {"ranker": plain, "purchase": plain if purchase.click_model is not None else with_slot}
-    if purchase.click_model is not None:
-        heldout["click"] = with_slot
+    with_slot = np.hstack([plain, sample[["position"]].to_numpy(dtype=np.float64)])
+    heldout = {"ranker": plain, "purchase": with_slot if purchase.features[-1:] == [POSITION_FEATURE] else plain}
+    for name, _, names in purchase.stages:
+        heldout[name] = with_slot if names[-1:] == [POSITION_FEATURE] else plain
     compiled = _compile_all(root, config, heldout, files)
 
     for name, rep in compiled.items():
@@ -604,12 +606,11 @@ def train_ranking_models(frame: pd.DataFrame, config: RankingConfig, out_dir: st
         "created_at": datetime.now(UTC).isoformat(),
         "features": features,
         "purchase_features": purchase.features,
-        "click_features": purchase.click_features,
+        "funnel": [name for name, _, _ in purchase.stages] + ["purchase"],
+        "stage_features": {name: names for name, _, names in purchase.stages},
         "training_window": {"ranker": slices.window(), "purchase": purchase.window},
         "labels": {"ranker": "label (graded 0-3)",
-                   "purchase": config.purchase_label if purchase.click_model is None
-                   else f"{config.purchase_label} among clicked rows",
-                   "click": None if purchase.click_model is None else "clicked",
+                   "purchase": config.purchase_label, "funnel": config.purchase_model,
                    "complete_labels_only": config.complete_labels_only},
         "metrics": {"ranker": ranker_metrics, "purchase": purchase.metrics},
         "ranker": {"ips_weighting": config.ips_weighting, "params": asdict(params),
@@ -617,8 +618,8 @@ def train_ranking_models(frame: pd.DataFrame, config: RankingConfig, out_dir: st
         "purchase": {"params": asdict(config.purchase), "position_feature": config.purchase_position_feature,
                      "best_iteration": purchase.model.best_iteration_, "model": config.purchase_model,
                      "calibrator": purchase.calibrator.kind,
-                     "click_best_iteration": None if purchase.click_model is None
-                     else purchase.click_model.best_iteration_},
+                     "stages": {name: {"best_iteration": m.best_iteration_, "params": asdict(getattr(config, name))}
+                                for name, m, _ in purchase.stages}},
         "propensity": None if propensity is None else {**propensity.to_dict(),
                                                        "max_weight": config.propensity.max_weight},
         "tuning": None if tuning is None else {"best_value": tuning.best_value, "file": "tuning.json",

@@ -114,8 +114,10 @@ def test_from_dir_scores_with_compiled_models_like_the_trained_ones(trained, syn
     out = scorer.score(X, price=rows["price"].to_numpy(), margin=rows["margin_rate"].to_numpy())
     np.testing.assert_allclose(out.ranker_score, trained.ranker.predict(rows[scorer.feature_names]), atol=1e-5)
     slot0 = rows[scorer.feature_names].assign(position=0.0)
-    fit = trained.purchase  # factorised: P(click | examined, slot 0) x P(purchase | click)
-    raw = fit.click_model.predict_proba(slot0) * fit.model.predict_proba(rows[scorer.feature_names])
+    fit = trained.purchase  # the funnel: P(click | examined, slot 0) x P(cart | click) x P(purchase | cart)
+    raw = fit.model.predict_proba(rows[scorer.feature_names])
+    for _, model, names in fit.stages:
+        raw = raw * model.predict_proba(slot0 if names[-1] == "position" else rows[scorer.feature_names])
     expected_p = fit.calibrator.predict(raw)
     np.testing.assert_allclose(out.purchase_probability, expected_p, atol=1e-5)
     np.testing.assert_allclose(out.expected_gmv, expected_p * rows["price"] * rows["margin_rate"], atol=1e-5)

@@ -12,7 +12,7 @@ import pytest
 from ranking.artifacts import read_metadata
 from ranking.calibration import load_calibrator
 from ranking.compile import CompiledModelUnavailableWarning
-from ranking.config import CompileConfig, RankingConfig, TuningConfig
+from ranking.config import FUNNELS, CompileConfig, RankingConfig, TuningConfig
 from ranking.scorer import ExpectedGMVScorer
 from ranking.train import check_training_frame, split_by_time, train_ranking_models
 from tests.ranking.conftest import SMALL_CONFIG, SMALL_TREES
@@ -54,13 +54,15 @@ def test_artifacts_and_metadata(trained, synthetic_frame):
     meta = read_metadata(root)
     assert meta["format_version"] == 1
     assert meta["features"] == [c for c in synthetic_frame.columns if c.startswith("f_")]
-    # factorised purchase model: P(click | examined) with the slot, P(purchase | click) without
-    assert meta["click_features"] == meta["features"] + ["position"]
+    # the purchase funnel: P(click | examined) with the slot, then the later stages without it
+    assert meta["funnel"] == list(FUNNELS[RankingConfig().purchase_model])
+    stages = meta["funnel"][:-1]
+    assert meta["stage_features"]["click"] == meta["features"] + ["position"]
     assert meta["purchase_features"] == meta["features"]
-    for name in ("ranker.txt", "purchase.txt", "click.txt"):
+    for name in ("ranker.txt", "purchase.txt", *(f"{s}.txt" for s in stages)):
         assert (root / name).read_text().startswith("tree")
     assert load_calibrator(root / "calibrator.npz").kind == meta["purchase"]["calibrator"]
-    for name in ("ranker.so", "purchase.so", "click.so", "reliability.png", "examination.png"):
+    for name in ("ranker.so", "purchase.so", *(f"{s}.so" for s in stages), "reliability.png", "examination.png"):
         assert (root / name).stat().st_size > 0
     for name in ("ranker", "purchase"):
         assert meta["compile"][name]["ok"] and meta["compile"][name]["max_abs_diff"] <= 1e-5
