@@ -62,6 +62,19 @@ def _pb_versions(v: ModelVersions | None) -> pb.ModelVersions:
                                                                  purchase_model=v.purchase_model)
 
 
+def _pb_model_explanation(e: Any) -> pb.ModelExplanation:
+    return pb.ModelExplanation(base_value=e.base_value, raw_output=e.raw_output, other=e.other, top=[
+        pb.Contribution(feature=f, value=v, contribution=c)
+        for f, v, c in zip(e.features, e.values, e.contributions, strict=True)])
+
+
+def _pb_explanation(e: Any) -> pb.ItemExplanation | None:
+    """An item's ``ranking.explain.ItemExplanation`` as the message (None when it has none)."""
+    if e is None:
+        return None
+    return pb.ItemExplanation(ranker=_pb_model_explanation(e.ranker), purchase_model=_pb_model_explanation(e.purchase))
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Turns domain errors raised by handlers into status codes (unexpected ones into INTERNAL)."""
 
@@ -186,7 +199,8 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
                 items=[pb.RankedItem(item_id=it.item_id, rank=r, score=it.score, p_purchase=it.p_purchase,
                                      expected_gmv=it.expected_gmv, seller_id=it.seller_id,
                                      category_id=it.category_id, reasons=list(it.reasons),
-                                     propensity=it.propensity) for r, it in enumerate(result.items)])
+                                     propensity=it.propensity, explanation=_pb_explanation(it.explanation))
+                       for r, it in enumerate(result.items)])
         except Exception as exc:
             code = _status_for(exc)
             raise
