@@ -99,6 +99,7 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     user_source = feast_user_source(config, features_dir) if (features_dir / "_feast").is_dir() else None
     router = build_router(config, impression_log=impressions, user_source=user_source, feature_log=feature_log)
     watcher = RolloutWatcher(router, data_path(config, config.infra.rollout.state_dir)).start()
+    freshness = _freshness_probe(config, router, features_dir)
     import gc
 
     gc.collect()
@@ -106,7 +107,7 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     print(f"serving on {serving_cfg.host}:{serving_cfg.port} (champion {router.state.champion.versions.ranker}, "
           f"challenger share {router.state.challenger_share:.0%}); Ctrl-C stops", flush=True)
     try:
-        serve(serving_cfg, router, request_log=requests, on_ready=_report_ready)
+        serve(serving_cfg, router, request_log=requests, on_ready=_report_ready, freshness=freshness)
     finally:
         watcher.close()
         impressions.close()
@@ -116,6 +117,21 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
         if publisher is not None:
             publisher.close()
     return 0
+
+
+def _freshness_probe(config: FeedrankConfig, router, features_dir: Path):
+    """Model ages, the Feast views' materializations (when a repo is there) and the stream's
+    watermark (when the stream is enabled), for the freshness gauge and the Status call."""
+    from infra.stream_cli import state_path
+    from serving.freshness import FreshnessProbe
+
+    store = None
+    if (features_dir / "_feast").is_dir():
+        from features.store import open_store
+
+        store = open_store(features_dir, config.features.feast)
+    return FreshnessProbe(router, store=store,
+                          stream_state=state_path(config) if config.features.stream.enabled else None)
 
 
 def _report_ready(port: int) -> None:

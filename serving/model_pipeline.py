@@ -172,7 +172,10 @@ class ModelPipeline(PipelineBase):
         assembler = FeatureAssembler(feature_names=scorer.feature_names,
                                      item_frame=snapshot.features.assign(item_id=snapshot.item_ids),
                                      user_columns=users.columns)
-        return cls(retriever=retriever, scorer=scorer, users=user_source(users) if user_source else users,
-                   assembler=assembler, use_margin=use_margin, snapshot=snapshot, reranker=reranker,
-                   exploration=exploration, impression_log=impression_log, feature_log=feature_log,
-                   explainer=explainer, versions=ModelVersions(retrieval=version, ranker=version, purchase_model=version))
+        pipeline = cls(retriever=retriever, scorer=scorer, users=user_source(users) if user_source else users,
+                       assembler=assembler, use_margin=use_margin, snapshot=snapshot, reranker=reranker,
+                       exploration=exploration, impression_log=impression_log, feature_log=feature_log,
+                       explainer=explainer,
+                       versions=ModelVersions(retrieval=version, ranker=version, purchase_model=version))
+        pipeline.trained_at, pipeline.data_until = manifest.times()
+        return pipeline

@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
@@ -78,6 +79,8 @@ class PipelineBase(ABC):
         self.versions = versions
         self.impression_log = impression_log
         self.feature_log = feature_log
+        self.trained_at: datetime | None = None  # when the models were trained (bundle created_at)
+        self.data_until: datetime | None = None  # the end of their training data window
 
     def snapshot_info(self) -> tuple[int, str]:
         return len(self.snapshot), self.snapshot.loaded_at
@@ -128,7 +131,7 @@ class PipelineBase(ABC):
         items = [FeedItem(item_id=int(cands.item_ids[i]), score=float(scored.score[i]),
                           p_purchase=float(scored.p_purchase[i]), expected_gmv=float(scored.expected_gmv[i]),
                           seller_id=int(cands.seller_ids[i]), category_id=int(cands.category_ids[i]),
-                          reasons=tuple(r), propensity=float(p),
+                          reasons=tuple(r), propensity=float(p), is_new_seller=bool(cands.is_new_seller[i]),
                           explanation=None if explanations is None else explanations[s])
                  for s, (i, r, p) in enumerate(zip(order.tolist(), reasons, exp.propensity.tolist(), strict=True))]
         if self.impression_log is not None and items:

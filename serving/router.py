@@ -44,6 +44,7 @@ class FeedItem:
     reasons: tuple[str, ...]
     propensity: float
     explanation: Any = None  # ranking.explain.ItemExplanation when the request asked to explain
+    is_new_seller: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from serving.admission import FifoGate
 from serving.config import ServingConfig
 from serving.errors import DeadlineExceeded, InvalidArgument, ModelUnavailable, Unauthenticated
+from serving.freshness import FreshnessProbe
 from serving.impression_log import RequestLog, RequestRecord
 from serving.metrics import ServingMetrics, StageTimer
 from serving.proto_gen import feedrank_pb2 as pb
@@ -192,6 +193,7 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
             timer.observe(self._metrics, arm)
             for kind in result.fallbacks:
                 self._metrics.fallbacks.labels(kind=kind).inc()
+            self._metrics.observe_feed(arm, result.items)
             self.requests_served += 1
             return pb.RankFeedResponse(
                 request_id=feed_request.request_id, arm=arm, randomized=result.randomized,
@@ -223,10 +225,12 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
 class AdminService(pb_grpc.FeedRankerAdminServicer):
     """Reload (registry aliases, rollout share, item snapshot) and Status."""
 
-    def __init__(self, router: Router, feed: FeedRankerService, metrics: ServingMetrics) -> None:
+    def __init__(self, router: Router, feed: FeedRankerService, metrics: ServingMetrics,
+                 freshness: FreshnessProbe | None = None) -> None:
         self._router = router
         self._feed = feed
         self._metrics = metrics
+        self._freshness = freshness
 
     def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadResponse:  # noqa: N802
         try:
@@ -245,18 +249,23 @@ class AdminService(pb_grpc.FeedRankerAdminServicer):
         return pb.StatusResponse(champion=_pb_versions(state.champion.versions),
                                  challenger=_pb_versions(state.challenger.versions if state.challenger else None),
                                  challenger_share=state.challenger_share, requests_served=self._feed.requests_served,
-                                 item_snapshot_size=snapshot[0], item_snapshot_loaded_at=snapshot[1])
+                                 item_snapshot_size=snapshot[0], item_snapshot_loaded_at=snapshot[1],
+                                 age_seconds=self._freshness.ages() if self._freshness is not None else {})
 
 
 def create_server(config: ServingConfig, router: Router, *, address: str | None = None,
                   metrics: ServingMetrics | None = None,
-                  request_log: RequestLog | None = None) -> tuple[grpc.Server, int]:
+                  request_log: RequestLog | None = None,
+                  freshness: FreshnessProbe | None = None) -> tuple[grpc.Server, int]:
     """Build and start the server; return it and the bound port.
 
     ``address`` defaults to ``host:port`` from the config; pass ``"127.0.0.1:0"`` for a free port.
     ``request_log``, when given, receives one :class:`RequestRecord` per routed call.
+    ``freshness`` (default: the router's model ages only) feeds the freshness gauge and Status.
     """
     metrics = metrics or ServingMetrics()
+    freshness = freshness or FreshnessProbe(router)
+    metrics.watch_freshness(freshness)
     token = os.environ.get(config.admin_token_env) or None
     limit = config.limits.max_message_bytes
     server = grpc.server(
@@ -266,7 +275,7 @@ def create_server(config: ServingConfig, router: Router, *, address: str | None 
     )
     feed = FeedRankerService(config, router, metrics, request_log)
     pb_grpc.add_FeedRankerServicer_to_server(feed, server)
-    pb_grpc.add_FeedRankerAdminServicer_to_server(AdminService(router, feed, metrics), server)
+    pb_grpc.add_FeedRankerAdminServicer_to_server(AdminService(router, feed, metrics, freshness), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", FEED_SERVICE, ADMIN_SERVICE):
@@ -299,7 +308,8 @@ def stop_gracefully(server: grpc.Server, grace_seconds: float) -> None:
 
 
 def serve(config: ServingConfig, router: Router, *, metrics: ServingMetrics | None = None,
-          request_log: RequestLog | None = None, on_ready: Callable[[int], None] | None = None) -> None:
+          request_log: RequestLog | None = None, on_ready: Callable[[int], None] | None = None,
+          freshness: FreshnessProbe | None = None) -> None:
     """Serve until SIGTERM/SIGINT; expose Prometheus metrics when ``metrics_port`` is set.
 
     ``on_ready(port)`` is called once the port accepts calls.
@@ -309,7 +319,7 @@ def serve(config: ServingConfig, router: Router, *, metrics: ServingMetrics | No
         from prometheus_client import start_http_server
 
         start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
-    server, port = create_server(config, router, metrics=metrics, request_log=request_log)
+    server, port = create_server(config, router, metrics=metrics, request_log=request_log, freshness=freshness)
     if on_ready is not None:
         on_ready(port)
     stop = threading.Event()
