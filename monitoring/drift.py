@@ -105,8 +105,13 @@ class DriftReport:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per feature, largest PSI first."""
-        frame = pd.DataFrame([f.__dict__ for f in self.features])
-        return frame.sort_values("psi", ascending=False, kind="stable").reset_index(drop=True) if len(frame) else frame
+        return rows_frame(self.features, "psi")
+
+
+def rows_frame(rows: Sequence[object], sort_by: str) -> pd.DataFrame:
+    """A frame of per-feature result dataclasses, largest ``sort_by`` first (ties keep their order)."""
+    frame = pd.DataFrame([r.__dict__ for r in rows])
+    return frame.sort_values(sort_by, ascending=False, kind="stable").reset_index(drop=True) if len(frame) else frame
 
 
 def _level(psi: float, js: float, enough: bool, config: DriftConfig) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from monitoring.config import SkewConfig
+from monitoring.drift import rows_frame
 
 __all__ = ["FeatureSkew", "SkewReport", "feature_skew", "recompute_offline"]
 
@@ -55,9 +56,7 @@ class SkewReport:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per feature, highest mismatch rate first."""
-        frame = pd.DataFrame([f.__dict__ for f in self.features])
-        return (frame.sort_values("mismatch_rate", ascending=False, kind="stable").reset_index(drop=True)
-                if len(frame) else frame)
+        return rows_frame(self.features, "mismatch_rate")
 
 
 def feature_skew(served: pd.DataFrame, offline: pd.DataFrame, *, features: Sequence[str] | None = None,
