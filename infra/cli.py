@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_commands(sub)  # services up|down|status kafka, stream run|replay
     add_evaluate_command(sub)  # evaluate SCORED --out DIR [--mlflow-run-id ID]
     add_serving_commands(sub)  # train, serve, rank
-    add_monitor_commands(sub)  # monitor drift|skew|freshness|report|watch
+    add_monitor_commands(sub)  # monitor drift|skew|freshness|report|watch|shadow
     return parser
 
 

@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"features (ETL, Feast): {data / 'train' / 'features'}")
     print(f"bundle:               {data / 'train' / 'bundle'}")
     print(f"evaluation report:    {data / 'train' / 'evaluation' / 'report.md'} (plots beside it)")
+    print(f"metrics by slice:     {data / 'train' / 'evaluation' / 'slices.md'} (device, new buyers, new-seller "
+          "items, categories, price bands; slices.png)")
     print(f"ranking plots:        {data / 'train' / 'bundle' / 'ranking'}/*.png")
     print(f"served impressions:   {data / 'serving'} (served feature sample in served_features/)")
     print(f"monitoring report:    {data / 'monitor' / 'report.md'} (and report.html, plots beside it)")

@@ -1,4 +1,4 @@
-"""``feedrank monitor drift|skew|freshness|report|watch``: watch the served system from its logs.
+"""``feedrank monitor drift|skew|freshness|report|watch|shadow``: watch the served system from its logs.
 
 Inputs, each with a default under ``infra.data_dir``: the serving logs (``serving/``:
 ``served_features/``, ``requests/``, ``impressions/``), the ETL output with its Feast repo
@@ -144,6 +144,8 @@ def _cmd_monitor(args: argparse.Namespace, config: FeedrankConfig) -> int:
             return 0
         if action == "watch":
             return _watch(args, config, served_dir, features_dir, bundle)
+        if action == "shadow":
+            return _shadow(args, config, served_dir, features_dir, bundle)
         window = _window(args, config, served_dir)
         metrics = MonitorMetrics()
         drift = skew = None
@@ -186,6 +188,35 @@ def _cmd_monitor(args: argparse.Namespace, config: FeedrankConfig) -> int:
     return 0
 
 
+def _shadow(args: argparse.Namespace, config: FeedrankConfig, served_dir: Path, features_dir: Path,
+            bundle: Path) -> int:
+    """Replay the logged requests against the challenger bundle; print and write the comparison."""
+    from experiments.shadow import shadow_replay
+    from infra.serve import feast_user_source
+    from monitoring.sources import read_log_table
+    from serving.exploration import ExplorationConfig
+    from serving.model_pipeline import ModelPipeline
+    from serving.rerank import Reranker
+
+    impressions = read_log_table(served_dir, "impressions")
+    if impressions is None:
+        raise FileNotFoundError(f"{served_dir}/impressions holds no impression log to replay")
+    challenger = Path(args.challenger)
+    user_source = feast_user_source(config, features_dir) if (features_dir / "_feast").is_dir() else None
+    pipeline = ModelPipeline.from_bundle(challenger, version=challenger.name, reranker=Reranker(config.serving.rerank),
+                                         exploration=ExplorationConfig(share=0.0), user_source=user_source)
+    shadow = shadow_replay(impressions, pipeline, k=args.k, max_requests=args.max_requests)
+    for name, value in shadow.summary.items():
+        print(f"  {name:28s} {value:10.4f}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        shadow.per_request.to_csv(out / "shadow_requests.csv", index=False)
+        (out / "shadow.json").write_text(json.dumps(shadow.summary, indent=2))
+        print(f"shadow replay: {out / 'shadow.json'}")
+    return 0
+
+
 def _watch(args: argparse.Namespace, config: FeedrankConfig, served_dir: Path, features_dir: Path,
            bundle: Path) -> int:
     """Recompute drift (and skew with --skew) every interval; serve the gauges on monitoring.metrics_port."""
@@ -225,13 +256,21 @@ def add_monitor_commands(sub: Any) -> None:
                        ("skew", "served feature values vs the point-in-time recomputation of the same rows"),
                        ("freshness", "age of the feature views, the stream watermark and the bundle"),
                        ("report", "write report.md/.html with plots: latency, feeds, freshness, drift (and skew)"),
-                       ("watch", "recompute drift periodically and export the gauges to Prometheus")):
+                       ("watch", "recompute drift periodically and export the gauges to Prometheus"),
+                       ("shadow", "replay the logged requests against a challenger bundle: overlap@K, Kendall's "
+                                  "tau, score shift, the challenger's latency")):
         a = actions.add_parser(name, help=text, description=text)
         a.add_argument("--served", help="serving log folder (default <data_dir>/serving)")
         a.add_argument("--features", help="ETL output with its Feast repo (default <data_dir>/train/features)")
         a.add_argument("--bundle", help="the served bundle (default <data_dir>/train/bundle)")
         if name == "freshness":
             a.add_argument("--json", help="also write the ages (seconds) as JSON here")
+            continue
+        if name == "shadow":
+            a.add_argument("challenger", help="the challenger's bundle folder")
+            a.add_argument("--k", type=int, default=10, help="overlap cut-off")
+            a.add_argument("--max-requests", type=int, default=1000, help="logged requests replayed (a sample)")
+            a.add_argument("--out", help="write shadow.json and shadow_requests.csv here")
             continue
         a.add_argument("--start", help="window start (ISO-8601 UTC)")
         a.add_argument("--end", help="window end (default: just after the newest served row)")

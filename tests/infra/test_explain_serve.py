@@ -99,3 +99,15 @@ def test_the_sample_share_is_about_what_is_configured(tmp_path):
     assert not ServedFeatureLog(tmp_path, share=0.0).sampled("x") and ServedFeatureLog(tmp_path, share=1.0).sampled("x")
     with pytest.raises(ValueError, match="share must be in"):
         ServedFeatureLog(tmp_path, share=1.5)
+
+
+def test_training_writes_the_slice_report_and_its_scored_data(trained):
+    import pandas as pd
+
+    _, _, root = trained
+    evaluation = root / "data" / "train" / "evaluation"
+    scored = pd.read_parquet(evaluation / "scored.parquet")
+    assert {"device", "category_id", "is_new_buyer", "is_new_seller", "price", "score"} <= set(scored.columns)
+    text = (evaluation / "slices.md").read_text()
+    assert "device" in text and "price_band" in text
+    assert (evaluation / "slices.png").read_bytes()[:4] == b"\x89PNG"
