@@ -25,7 +25,7 @@ from serving.model_pipeline import ModelPipeline
 from serving.requests import FeedRequest
 from serving.rerank import RerankConfig, Reranker
 
-REQUESTS = 250
+REQUESTS = 200
 REALTIME_FEATURES = {f for f in DERIVED_FEATURES if f.endswith("_today") or f.startswith("f_user_hours_since")}
 
 
