@@ -50,7 +50,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy features retrieval ranking serving experiments infra
+	$(VENV)/bin/mypy features retrieval ranking serving experiments monitoring infra
 
 # The embedded registry (SQLite + artifacts under <infra.data_dir>/mlflow), loopback only.
 mlflow-ui: install

@@ -16,6 +16,7 @@ import yaml
 
 from infra.config import ConfigError, FeedrankConfig, load_config
 from infra.evaluate_cli import add_evaluate_command
+from infra.monitor_cli import add_monitor_commands
 from infra.release_cli import add_release_commands
 from infra.serving_cli import add_serving_commands
 from infra.stream_cli import add_stream_commands
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_commands(sub)  # services up|down|status kafka, stream run|replay
     add_evaluate_command(sub)  # evaluate SCORED --out DIR [--mlflow-run-id ID]
     add_serving_commands(sub)  # train, serve, rank
+    add_monitor_commands(sub)  # monitor drift|skew|freshness|report|watch|shadow
     return parser
 
 

@@ -24,6 +24,7 @@ import yaml
 from experiments.config import ExperimentsConfig
 from features.config import ConfigValueError, FeaturesConfig, check
 from infra.release_config import RegistryConfig, RolloutConfig
+from monitoring.config import MonitoringConfig
 from ranking.config import RankingConfig
 from retrieval.config import RetrievalConfig
 from serving.config import ServingConfig
@@ -62,6 +63,7 @@ class FeedrankConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
     infra: InfraConfig = field(default_factory=InfraConfig)
 
 

@@ -3,7 +3,8 @@
 simulate -> train (ETL, Feast, retrieval, ranking, evaluation) -> register -> promote the
 first champion -> serve over gRPC -> rank feeds for a few users (printed as tables) ->
 offline evaluation summary -> a short canary: a retrained challenger starts at the first
-stage and the served arms show the split. Ends by saying where everything is.
+stage and the served arms show the split -> the monitoring report of what was served (drift
+against training, freshness). Ends by saying where everything is.
 
     python -m infra.demo [--config infra/demo.yaml]
 """
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         _wait_for_health(args.port, server)
         _cli(config_path, "rank", "--address", f"127.0.0.1:{args.port}", "--user", "3", "--user", "42",
              "--user", "999999", "--k", "10", "--device", "mobile", "--hour", "20")
+        print("\nwhy these items (TreeSHAP contributions to the ranker's score and the purchase log-odds):")
+        _cli(config_path, "rank", "--address", f"127.0.0.1:{args.port}", "--user", "3", "--k", "3",
+             "--device", "mobile", "--hour", "20", "--explain", "--explain-top", "4")
 
         _say("4/6 the bundle on the simulator's truth, then the offline evaluation (held-out slice)")
         _print_truth(config_path, data)
@@ -90,14 +94,20 @@ def main(argv: list[str] | None = None) -> int:
         server.terminate()
         server.wait(timeout=30)
 
+    _say("monitoring: drift of the served features against training, freshness (feedrank monitor report)")
+    _cli(config_path, "monitor", "report", "--out", str(data / "monitor"))
+
     _say(f"6/6 done in {time.perf_counter() - start:.0f} s")
     print(f"logs:                 {data / 'logs'}")
     print(f"features (ETL, Feast): {data / 'train' / 'features'}")
     print(f"bundle:               {data / 'train' / 'bundle'}")
     print(f"evaluation report:    {data / 'train' / 'evaluation' / 'report.md'} (plots beside it)")
     print(f"truth evaluation:     {data / 'train' / 'evaluation' / 'truth.json'} and truth_waterfall.png")
+    print(f"metrics by slice:     {data / 'train' / 'evaluation' / 'slices.md'} (device, new buyers, new-seller "
+          "items, categories, price bands; slices.png)")
     print(f"ranking plots:        {data / 'train' / 'bundle' / 'ranking'}/*.png")
-    print(f"served impressions:   {data / 'serving'}")
+    print(f"served impressions:   {data / 'serving'} (served feature sample in served_features/)")
+    print(f"monitoring report:    {data / 'monitor' / 'report.md'} (and report.html, plots beside it)")
     print(f"MLflow UI:            make mlflow-ui  (embedded registry in {data / 'mlflow'})")
     return 0
 

@@ -38,6 +38,17 @@ def _cmd_evaluate(args: argparse.Namespace, config: FeedrankConfig) -> int:
     for line in summary_lines(report.metrics, k_values=(str(eval_cfg.k_values[-1]),)):
         print(line)
     print(f"report: {Path(report.out_dir) / 'report.md'}")
+    if args.slices:
+        from experiments.slices import SliceConfig, slice_metrics, write_slice_report
+
+        slice_cfg = SliceConfig(k=eval_cfg.k_values[-1] if args.slice_k is None else args.slice_k)
+        try:
+            table = slice_metrics(data, slices=[s.strip() for s in args.slices.split(",") if s.strip()],
+                                  config=slice_cfg)
+        except (KeyError, ValueError) as exc:
+            print(f"feedrank evaluate: --slices: {exc}", file=sys.stderr)
+            return 2
+        print(f"slices: {write_slice_report(table, args.out, config=slice_cfg)} ({len(table)} slice values)")
     if args.mlflow_run_id:
         print(f"logged to MLflow run {args.mlflow_run_id} at {tracking_uri}")
     return 0
@@ -61,4 +72,9 @@ def add_evaluate_command(sub: Any) -> None:
                    help="also log metrics (eval_*) and the report (artifacts under evaluation/) to this run")
     p.add_argument("--tracking-uri", metavar="URI",
                    help="MLflow tracking URI of that run (default: infra.registry, embedded under infra.data_dir)")
+    p.add_argument("--slices", metavar="NAMES",
+                   help="also cut the metrics by these comma-separated slices, with bootstrap intervals "
+                        "(device, is_new_buyer, is_new_seller, category_id, price_band; the columns must be in the "
+                        "scored data): slices.md, slices.json, slices.png")
+    p.add_argument("--slice-k", type=int, help="NDCG cut-off of the slice report (default the largest --k)")
     p.set_defaults(func=_cmd_evaluate)

@@ -29,7 +29,7 @@ from typing import Any
 
 from infra.config import FeedrankConfig
 from serving.errors import ModelUnavailable
-from serving.impression_log import ImpressionLog
+from serving.impression_log import ImpressionLog, ServedFeatureLog
 from serving.model_pipeline import ModelPipeline
 from serving.pipeline import PipelineBase, PopularityPipeline
 from serving.rerank import Reranker
@@ -48,12 +48,13 @@ def data_path(config: FeedrankConfig, relative: str) -> Path:
 
 class _Loader:
     def __init__(self, config: FeedrankConfig, *, impression_log: ImpressionLog | None,
-                 user_source: Callable[[Any], Any] | None) -> None:
+                 user_source: Callable[[Any], Any] | None, feature_log: ServedFeatureLog | None = None) -> None:
         from infra.registry import FeedRegistry
 
         self.config = config
         self.registry = FeedRegistry(config.infra.registry, data_dir=config.infra.data_dir)
         self.impression_log = impression_log
+        self.feature_log = feature_log
         self.user_source = user_source
         self.cache_dir = data_path(config, "serving/bundles")
         self._pipelines: dict[str, PipelineBase] = {}
@@ -65,7 +66,7 @@ class _Loader:
             cfg = self.config.serving
             self._pipelines[version] = ModelPipeline.from_bundle(
                 bundle, version=version, reranker=Reranker(cfg.rerank), exploration=cfg.exploration,
-                impression_log=self.impression_log, user_source=self.user_source)
+                impression_log=self.impression_log, user_source=self.user_source, feature_log=self.feature_log)
         self._last = self._pipelines[version]
         return self._pipelines[version]
 
@@ -107,9 +108,11 @@ class _Loader:
 
 
 def build_router(config: FeedrankConfig, *, impression_log: ImpressionLog | None = None,
-                 user_source: Callable[[Any], Any] | None = None) -> Router:
-    """A router over the registry's bundles and the rollout state (loads now; reloads on demand)."""
-    return Router(_Loader(config, impression_log=impression_log, user_source=user_source))
+                 user_source: Callable[[Any], Any] | None = None,
+                 feature_log: ServedFeatureLog | None = None) -> Router:
+    """A router over the registry's bundles and the rollout state (loads now; reloads on demand);
+    ``feature_log`` receives the sampled requests' served feature vectors."""
+    return Router(_Loader(config, impression_log=impression_log, user_source=user_source, feature_log=feature_log))
 
 
 def feast_user_source(config: FeedrankConfig, features_dir: str | Path) -> Callable[[Any], Any]:

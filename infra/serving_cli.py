@@ -60,7 +60,7 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     import dataclasses
 
     from infra.serve import RolloutWatcher, build_router, data_path, feast_user_source
-    from serving.impression_log import ImpressionLog, RequestLog
+    from serving.impression_log import ImpressionLog, RequestLog, ServedFeatureLog
     from serving.server import serve
 
     serving_cfg = config.serving
@@ -93,10 +93,13 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
         publisher = EventPublisher(config.features.stream).open()
     impressions = ImpressionLog(log_dir, publisher=publisher.publish_impressions if publisher else None).start()
     requests = RequestLog(log_dir).start()
+    feature_log = (ServedFeatureLog(log_dir, share=config.serving.feature_sample_share).start()
+                   if config.serving.feature_sample_share > 0 else None)
     features_dir = Path(args.features or Path(config.infra.data_dir) / "train" / "features")
     user_source = feast_user_source(config, features_dir) if (features_dir / "_feast").is_dir() else None
-    router = build_router(config, impression_log=impressions, user_source=user_source)
+    router = build_router(config, impression_log=impressions, user_source=user_source, feature_log=feature_log)
     watcher = RolloutWatcher(router, data_path(config, config.infra.rollout.state_dir)).start()
+    freshness = _freshness_probe(config, router, features_dir)
     import gc
 
     gc.collect()
@@ -104,14 +107,31 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     print(f"serving on {serving_cfg.host}:{serving_cfg.port} (champion {router.state.champion.versions.ranker}, "
           f"challenger share {router.state.challenger_share:.0%}); Ctrl-C stops", flush=True)
     try:
-        serve(serving_cfg, router, request_log=requests, on_ready=_report_ready)
+        serve(serving_cfg, router, request_log=requests, on_ready=_report_ready, freshness=freshness)
     finally:
         watcher.close()
         impressions.close()
         requests.close()
+        if feature_log is not None:
+            feature_log.close()
         if publisher is not None:
             publisher.close()
     return 0
+
+
+def _freshness_probe(config: FeedrankConfig, router, features_dir: Path):
+    """Model ages, the Feast views' materializations (when a repo is there) and the stream's
+    watermark (when the stream is enabled), for the freshness gauge and the Status call."""
+    from infra.stream_cli import state_path
+    from serving.freshness import FreshnessProbe
+
+    store = None
+    if (features_dir / "_feast").is_dir():
+        from features.store import open_store
+
+        store = open_store(features_dir, config.features.feast)
+    return FreshnessProbe(router, store=store,
+                          stream_state=state_path(config) if config.features.stream.enabled else None)
 
 
 def _report_ready(port: int) -> None:
@@ -216,7 +236,9 @@ def _cmd_rank(args: argparse.Namespace, config: FeedrankConfig) -> int:
     with FeedClient(address) as client:
         try:
             for user in args.user:
-                print(format_feed(client.rank(user, k=args.k, device=args.device or "", hour=args.hour)))
+                print(format_feed(client.rank(user, k=args.k, device=args.device or "", hour=args.hour,
+                                              explain=args.explain or bool(args.explain_top),
+                                              explain_top=args.explain_top)))
                 print()
         except grpc.RpcError as exc:
             print(f"feedrank rank: {exc.code().name}: {exc.details()}", file=sys.stderr)
@@ -253,4 +275,9 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="mobile, desktop or tablet")
     p.add_argument("--hour", type=int, default=-1, help="request hour (default: now)")
     p.add_argument("--address", help="host:port (default serving.host:serving.port)")
+    p.add_argument("--explain", action="store_true",
+                   help="print each item's largest feature contributions (TreeSHAP) to the ranker's score and "
+                        "the purchase model's log-odds, with the base values")
+    p.add_argument("--explain-top", type=int, default=0,
+                   help="contributions per model with --explain (default the server's, 5)")
     p.set_defaults(func=_cmd_rank)

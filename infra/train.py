@@ -225,6 +225,25 @@ class _Context:
         write_bundle_manifest(self.bundle, manifest)
         return {"items": len(items), "users": len(users)}
 
+    def _slices(self, data: pd.DataFrame, test: pd.DataFrame) -> None:
+        """The evaluation frame with its slice columns (``evaluation/scored.parquet``, for ``feedrank
+        evaluate --slices``) and the slice report beside the evaluation report."""
+        from experiments.slices import (
+            DEFAULT_SLICES,
+            SliceConfig,
+            slice_metrics,
+            write_slice_report,
+        )
+
+        signup = _read(self.logs, "users", ["user_id", "signup_ts"]).set_index("user_id")["signup_ts"]
+        tenure = pd.to_datetime(test["ts"], utc=True) - pd.to_datetime(test["user_id"].map(signup), utc=True)
+        scored = data.assign(device=test["device"].to_numpy(), category_id=test["category_id"].to_numpy(),
+                             is_new_buyer=(tenure < pd.Timedelta(days=30)).to_numpy())  # signed up < 30 days ago
+        scored.to_parquet(self.run / "evaluation" / "scored.parquet", index=False)
+        config = SliceConfig(n_boot=100)
+        write_slice_report(slice_metrics(scored, slices=DEFAULT_SLICES, config=config), self.run / "evaluation",
+                           config=config)
+
     def step_evaluate(self) -> dict[str, Any]:
         from experiments.evaluate import evaluate_scored
         from ranking.propensity import PositionBiasEstimator
@@ -275,6 +294,7 @@ class _Context:
             "margin_rate": test["margin_rate"].to_numpy(np.float64, na_value=np.nan),
             "pscore": test["propensity"].where(test["randomized"]).to_numpy(np.float64, na_value=np.nan)})
         report = evaluate_scored(data, self.run / "evaluation", model_version="candidate")
+        self._slices(data, test)
         metrics = {"gate_model_gmv_per_request": model_ndcg, "gate_logged_gmv_per_request": logged_ndcg,
                    "gate_difference_ci_low": float(low), "gate_difference_ci_high": float(high)}
         self.report.metrics.update(metrics)

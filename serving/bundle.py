@@ -188,6 +188,10 @@ class BundleManifest:
             format_version=data.get("format_version", BUNDLE_FORMAT_VERSION),
         )
 
+    def times(self) -> tuple[datetime, datetime]:
+        """``(created_at, data_window.end)`` as UTC datetimes (a model's age and its data's)."""
+        return _parse_ts(self.created_at, "created_at"), _parse_ts(self.data_window.end, "data_window.end")
+
     def component_path(self, bundle_dir: str | os.PathLike[str], name: str) -> Path:
         """Absolute path of component ``name`` inside ``bundle_dir``."""
         if name not in self.components:

@@ -40,12 +40,14 @@ class FeedClient:
 
     def rank(self, user_id: int | str, *, k: int = 20, candidate_count: int = 0, request_id: str | None = None,
              device: str = "", country: str = "", hour: int = -1, day_of_week: int = -1,
-             exclude_item_ids: Sequence[int] = ()) -> pb.RankFeedResponse:
+             exclude_item_ids: Sequence[int] = (), explain: bool = False,
+             explain_top: int = 0) -> pb.RankFeedResponse:
+        """RankFeed; with ``explain`` each item carries ``explain_top`` contributions per model (0: the server's default)."""
         import uuid
 
         return self._feed.RankFeed(pb.RankFeedRequest(
             request_id=request_id or uuid.uuid4().hex, user_id=str(user_id), k=k, candidate_count=candidate_count,
-            exclude_item_ids=list(exclude_item_ids),
+            exclude_item_ids=list(exclude_item_ids), explain=explain, explain_top=explain_top,
             context=pb.Context(device=device, country=country, hour=hour, day_of_week=day_of_week)),
             timeout=self.timeout)
 
@@ -75,4 +77,14 @@ def format_feed(response: pb.RankFeedResponse) -> str:
     for it in response.items:
         lines.append(f"{it.rank:>4} {it.item_id:>8} {it.seller_id:>7} {it.category_id:>4} {it.p_purchase:>10.4f} "
                      f"{it.expected_gmv:>9.3f} {it.score:>9.4f}  {','.join(it.reasons)}")
+        if it.HasField("explanation"):
+            for label, e in (("ranker", it.explanation.ranker), ("purchase", it.explanation.purchase_model)):
+                lines.append(_format_explanation(label, e))
     return "\n".join(lines)
+
+
+def _format_explanation(label: str, e: pb.ModelExplanation) -> str:
+    """``label raw = base + contributions + other`` and the contributions, e.g. for ``feedrank rank --explain``."""
+    parts = "  ".join(f"{c.feature}={c.value:.4g}:{c.contribution:+.4f}" for c in e.top)
+    return (f"{'':>6}{label:<8} raw {e.raw_output:+.4f} = base {e.base_value:+.4f} "
+            f"{sum(c.contribution for c in e.top) + e.other:+.4f}  ({parts}  other:{e.other:+.4f})")

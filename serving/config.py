@@ -21,6 +21,7 @@ class LimitsConfig:
     max_excluded: int = 1000
     max_id_chars: int = 128
     max_message_bytes: int = 4 * 1024 * 1024
+    max_explain_top: int = 50
 
     def __post_init__(self) -> None:
         check(self.max_k >= 1, "max_k", ">= 1", self.max_k)
@@ -30,6 +31,7 @@ class LimitsConfig:
         check(self.max_excluded >= 0, "max_excluded", ">= 0", self.max_excluded)
         check(self.max_id_chars >= 1, "max_id_chars", ">= 1", self.max_id_chars)
         check(self.max_message_bytes >= 1024, "max_message_bytes", ">= 1024", self.max_message_bytes)
+        check(self.max_explain_top >= 1, "max_explain_top", ">= 1", self.max_explain_top)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class ServingConfig:
         (unset or empty: admin calls are open, which is only sensible on loopback).
     tls_cert_file, tls_key_file : PEM files; both set switches the port to TLS.
     impression_log_dir : where served impressions are logged ("" disables).
+    feature_sample_share : share of requests whose served items' feature vectors are logged
+        beside the impressions (``served_features/``, for drift and skew monitoring; 0 disables).
     rollout_salt : salt of the user hash that assigns arms.
     """
 
@@ -78,6 +82,7 @@ class ServingConfig:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     impression_log_dir: str = ""
+    feature_sample_share: float = 0.01
     rollout_salt: str = "feedrank-rollout"
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
@@ -94,6 +99,8 @@ class ServingConfig:
         check(self.port + (self.processes - 1 if self.port_per_process else 0) <= 65535, "port",
               f"<= {65536 - self.processes} with a port per process", self.port)
         check(self.grace_seconds >= 0, "grace_seconds", ">= 0", self.grace_seconds)
+        check(0.0 <= self.feature_sample_share <= 1.0, "feature_sample_share", "in [0, 1]",
+              self.feature_sample_share)
         check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_key_file",
               "set together with tls_cert_file", self.tls_key_file)
         check(len(self.rollout_salt.encode()) in range(1, 65), "rollout_salt", "1-64 bytes", self.rollout_salt)

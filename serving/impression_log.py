@@ -10,6 +10,11 @@ when complete.
   ignores), so the next training run reads them as they are.
 - :class:`RequestLog` (``requests/``): one row per RankFeed call, failed ones included, in
   :data:`REQUEST_METRICS_SCHEMA`; the rollout controller compares arms on it.
+- :class:`ServedFeatureLog` (``served_features/``): for a sampled share of requests (decided by
+  a hash of the request id, default 1%), one row per served item with the feature vector the
+  ranker scored: :data:`SERVED_FEATURE_KEYS` then one float64 column per model feature, named as
+  the model's metadata names them (files of different model versions may hold different
+  columns; read them with :func:`read_served_features`). Drift and skew monitoring read it.
 
 A publisher callable (e.g. a Kafka producer) may also receive every batch; its failures are
 counted and logged, never propagated to requests.
@@ -33,8 +38,9 @@ import pyarrow.parquet as pq
 
 from features.contract import arrow_schema
 
-__all__ = ["ImpressionBatch", "ImpressionLog", "LOG_SCHEMA", "REQUEST_METRICS_SCHEMA", "RequestLog", "RequestRecord",
-           "RollingParquetLog", "position_ids", "stable_id"]
+__all__ = ["FeatureSample", "ImpressionBatch", "ImpressionLog", "LOG_SCHEMA", "REQUEST_METRICS_SCHEMA",
+           "SERVED_FEATURE_KEYS", "RequestLog", "RequestRecord", "RollingParquetLog", "ServedFeatureLog",
+           "position_ids", "read_served_features", "stable_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +56,18 @@ REQUEST_METRICS_SCHEMA = pa.schema([
     pa.field("latency_ms", pa.float64(), nullable=False),
     pa.field("error", pa.bool_(), nullable=False),
     pa.field("status_code", pa.string()),
+])
+
+SERVED_FEATURE_KEYS = pa.schema([
+    pa.field("request_key", pa.string(), nullable=False),
+    pa.field("ts", pa.timestamp("us", tz="UTC"), nullable=False),
+    pa.field("user_id", pa.int64(), nullable=False),
+    pa.field("device", pa.string()),
+    pa.field("arm", pa.string(), nullable=False),
+    pa.field("model_version", pa.string()),
+    pa.field("item_id", pa.int64(), nullable=False),
+    pa.field("seller_id", pa.int64(), nullable=False),
+    pa.field("position", pa.int32(), nullable=False),
 ])
 
 
@@ -144,6 +162,58 @@ class RequestRecord:
             "request_key": r.request_key, "ts": r.ts_us, "user_id": r.user_id, "arm": r.arm,
             "model_version": r.model_version, "latency_ms": r.latency_ms, "error": r.error,
             "status_code": r.status_code} for r in records], schema=REQUEST_METRICS_SCHEMA)
+
+
+@dataclass(frozen=True)
+class FeatureSample:
+    """The feature vectors of one sampled request's served items, in feed order."""
+
+    request_key: str
+    ts_us: int
+    user_id: int
+    device: str | None
+    arm: str
+    model_version: str | None
+    item_ids: np.ndarray  # (k,)
+    seller_ids: np.ndarray  # (k,)
+    features: np.ndarray  # (k, d), float64, NaN = missing
+    feature_names: tuple[str, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.item_ids)
+
+    @staticmethod
+    def table_of(samples: Sequence[FeatureSample]) -> pa.Table:
+        """One table of every sample's rows; feature columns are the union of the samples' names
+        (null where a sample's model lacks one)."""
+        names: dict[str, None] = {}
+        for smp in samples:
+            names.update(dict.fromkeys(smp.feature_names))
+        counts = [smp.num_rows for smp in samples]
+        columns: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        for smp in samples:
+            own = {n: j for j, n in enumerate(smp.feature_names)}
+            for n in names:
+                columns[n].append(smp.features[:, own[n]] if n in own else np.full(smp.num_rows, np.nan))
+
+        def per_sample(values: list[object]) -> list[object]:
+            return [v for v, c in zip(values, counts, strict=True) for _ in range(c)]
+
+        keys = pa.Table.from_arrays([
+            pa.array(per_sample([smp.request_key for smp in samples]), pa.string()),
+            pa.array(per_sample([smp.ts_us for smp in samples]), pa.timestamp("us", tz="UTC")),
+            pa.array(per_sample([smp.user_id for smp in samples]), pa.int64()),
+            pa.array(per_sample([smp.device for smp in samples]), pa.string()),
+            pa.array(per_sample([smp.arm for smp in samples]), pa.string()),
+            pa.array(per_sample([smp.model_version for smp in samples]), pa.string()),
+            pa.array(np.concatenate([np.asarray(smp.item_ids, np.int64) for smp in samples]), pa.int64()),
+            pa.array(np.concatenate([np.asarray(smp.seller_ids, np.int64) for smp in samples]), pa.int64()),
+            pa.array(np.concatenate([np.arange(c, dtype=np.int32) for c in counts]), pa.int32()),
+        ], schema=SERVED_FEATURE_KEYS)
+        for n, parts in columns.items():  # NaN stays NaN (a missing feature), not null
+            keys = keys.append_column(pa.field(n, pa.float64()), pa.array(np.concatenate(parts), pa.float64()))
+        return keys
 
 
 class _Record(Protocol):
@@ -273,7 +343,7 @@ class RollingParquetLog:
     def _flush(self, buffer: list[pa.Table]) -> None:
         if not buffer:
             return
-        table = pa.concat_tables(buffer)
+        table = pa.concat_tables(buffer, promote_options="default")  # served features: columns may differ
         name = f"part-{time.time_ns()}-{os.getpid()}-{self.files_written:06d}.parquet"  # processes share a folder
         tmp = self.out_dir / f".{name}.tmp"
         try:
@@ -303,3 +373,61 @@ class RequestLog(RollingParquetLog):
                  queue_size: int = 10_000, drain_seconds: float = 0.1) -> None:
         super().__init__(out_dir, "requests", rotate_rows=rotate_rows, rotate_seconds=rotate_seconds,
                          queue_size=queue_size, drain_seconds=drain_seconds)
+
+
+class ServedFeatureLog(RollingParquetLog):
+    """Sampled served feature vectors (:class:`FeatureSample`) under ``<out_dir>/served_features/``.
+
+    Parameters
+    ----------
+    out_dir : path
+    share : float in [0, 1], default 0.01
+        Share of requests sampled; a request is in the sample iff a hash of its id falls below
+        ``share`` (deterministic, so every process and arm agrees, and a replay samples the same).
+    (and the :class:`RollingParquetLog` parameters)
+
+    The request path pays one hash for the decision and, when sampled, a list append (the
+    rows are copied by the caller's indexing); the table is built by the writer thread.
+    """
+
+    _SCALE = 1 << 62
+
+    def __init__(self, out_dir: str | Path, *, share: float = 0.01, rotate_rows: int = 50_000,
+                 rotate_seconds: float = 30.0, queue_size: int = 10_000, drain_seconds: float = 0.1) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be in [0, 1], got {share}")
+        super().__init__(out_dir, "served_features", rotate_rows=rotate_rows, rotate_seconds=rotate_seconds,
+                         queue_size=queue_size, drain_seconds=drain_seconds)
+        self.share = share
+        self._threshold = int(share * self._SCALE)
+
+    def sampled(self, request_key: str) -> bool:
+        """Whether the request ``request_key`` is in the sample."""
+        return (stable_id("served-features", request_key) >> 1) < self._threshold
+
+
+def read_served_features(log_dir: str | Path, *, start_us: int | None = None, end_us: int | None = None) -> pa.Table:
+    """The rows of a :class:`ServedFeatureLog` folder (``<log_dir>/served_features/``, or that folder
+    itself) with ``start_us <= ts < end_us``, columns unified over the files (null where a file lacks one).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the folder holds no part file.
+    """
+    root = Path(log_dir)
+    folder = root / "served_features" if (root / "served_features").is_dir() else root
+    files = sorted(p for p in folder.glob("part-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no served-feature part files (serving logs them with a ServedFeatureLog)")
+    tables = []
+    for f in files:
+        t = pq.read_table(f)
+        ts = t.column("ts").cast(pa.int64()).to_numpy()
+        keep = np.ones(len(ts), dtype=bool)
+        if start_us is not None:
+            keep &= ts >= start_us
+        if end_us is not None:
+            keep &= ts < end_us
+        tables.append(t.filter(pa.array(keep)))
+    return pa.concat_tables(tables, promote_options="default")

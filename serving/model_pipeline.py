@@ -19,7 +19,7 @@ import pandas as pd
 from serving.bundle import read_bundle_manifest
 from serving.exploration import ExplorationConfig
 from serving.features import FeatureAssembler, SnapshotUserFeatures, UserFeatureSource
-from serving.impression_log import ImpressionLog
+from serving.impression_log import ImpressionLog, ServedFeatureLog
 from serving.metrics import StageTimer
 from serving.pipeline import PipelineBase, Scored, _check_deadline
 from serving.requests import FeedRequest
@@ -59,17 +59,21 @@ class ModelPipeline(PipelineBase):
     assembler : FeatureAssembler
     use_margin : bool
         Rank by expected margin (price x margin) rather than GMV.
+    explainer : ranking.explain.ScoreExplainer, optional
+        The scorer's LightGBM models, for requests that ask to explain (None: items carry no
+        explanation).
     (and the :class:`PipelineBase` parameters)
     """
 
     def __init__(self, *, retriever, scorer, users: UserFeatureSource, assembler: FeatureAssembler,
-                 use_margin: bool = False, **base) -> None:
+                 use_margin: bool = False, explainer=None, **base) -> None:
         super().__init__(**base)
         self.retriever = retriever
         self.scorer = scorer
         self.users = users
         self.assembler = assembler
         self.use_margin = use_margin
+        self.explainer = explainer
 
     def _score(self, request: FeedRequest, timer: StageTimer, deadline: float | None,
                candidates: np.ndarray | None = None) -> Scored:
@@ -91,7 +95,13 @@ class ModelPipeline(PipelineBase):
             margin = self.snapshot.margin_rate[rows] if self.use_margin else None
             scored = self.scorer.score(X, price=self.snapshot.price[rows], margin=margin)
         return Scored(rows=rows, score=scored.score, p_purchase=scored.purchase_probability,
-                      expected_gmv=scored.expected_gmv, fallbacks=tuple(fallbacks), ranker_score=scored.ranker_score)
+                      expected_gmv=scored.expected_gmv, fallbacks=tuple(fallbacks), features=X, ranker_score=scored.ranker_score,
+                      feature_names=self.assembler.feature_names)
+
+    def _explain(self, scored: Scored, order: np.ndarray, top: int) -> list | None:
+        if self.explainer is None or scored.features is None:
+            return None
+        return self.explainer.explain(scored.features[order], top=top)
 
     def _retrieve(self, requests: Sequence[FeedRequest]) -> list[np.ndarray]:
         """Snapshot rows of each request's candidates, from one retriever call (same candidate_count)."""
@@ -133,12 +143,16 @@ class ModelPipeline(PipelineBase):
     def from_bundle(cls, bundle_dir: str | Path, *, version: str, reranker: Reranker, exploration: ExplorationConfig,
                     impression_log: ImpressionLog | None = None,
                     user_source: Callable[[SnapshotUserFeatures], UserFeatureSource] | None = None,
-                    use_margin: bool = False, num_threads: int = 1) -> ModelPipeline:
+                    use_margin: bool = False, num_threads: int = 1,
+                    feature_log: ServedFeatureLog | None = None) -> ModelPipeline:
         """Load a bundle folder into a pipeline.
 
         ``user_source`` wraps the bundle's user snapshot into the online source (e.g. Feast
         with the snapshot as fallback); without it, user rows come from the snapshot alone.
+        The ranking folder's LightGBM models are loaded for explanations too (when they do not
+        load, the pipeline serves without explanations and says why in the log).
         """
+        from ranking.explain import ScoreExplainer
         from ranking.scorer import ExpectedGMVScorer
         from retrieval.artifacts import load_two_tower
 
@@ -147,13 +161,21 @@ class ModelPipeline(PipelineBase):
         comps = manifest.components
         retriever = load_two_tower(root / comps["retrieval"])
         scorer = ExpectedGMVScorer.from_dir(root / comps["ranker"], num_threads=num_threads)
+        try:
+            explainer = ScoreExplainer.from_dir(root / comps["ranker"], num_threads=num_threads)
+        except Exception:  # noqa: BLE001 - explanations are optional; the feed is not
+            logger.warning("bundle %s: no explanations (the LightGBM models did not load)", root, exc_info=True)
+            explainer = None
         items = pd.read_parquet(root / comps.get("item_snapshot", ITEM_SNAPSHOT))
         users = SnapshotUserFeatures(pd.read_parquet(root / comps.get("user_snapshot", USER_SNAPSHOT)))
         snapshot = item_snapshot_from_frame(items)
         assembler = FeatureAssembler(feature_names=scorer.feature_names,
                                      item_frame=snapshot.features.assign(item_id=snapshot.item_ids),
                                      user_columns=users.columns)
-        return cls(retriever=retriever, scorer=scorer, users=user_source(users) if user_source else users,
-                   assembler=assembler, use_margin=use_margin, snapshot=snapshot, reranker=reranker,
-                   exploration=exploration, impression_log=impression_log,
-                   versions=ModelVersions(retrieval=version, ranker=version, purchase_model=version))
+        pipeline = cls(retriever=retriever, scorer=scorer, users=user_source(users) if user_source else users,
+                       assembler=assembler, use_margin=use_margin, snapshot=snapshot, reranker=reranker,
+                       exploration=exploration, impression_log=impression_log, feature_log=feature_log,
+                       explainer=explainer,
+                       versions=ModelVersions(retrieval=version, ranker=version, purchase_model=version))
+        pipeline.trained_at, pipeline.data_until = manifest.times()
+        return pipeline

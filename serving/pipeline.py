@@ -1,5 +1,9 @@
 """The request pipeline: candidates -> scores -> re-ranking -> exploration -> impression log.
 
+With ``explain`` a request's items also carry their feature contributions (the ``explain``
+stage, run only then); a sampled share of requests logs the served items' feature vectors
+(:class:`~serving.impression_log.ServedFeatureLog`), which drift and skew monitoring read.
+
 :class:`PipelineBase` owns the stages every arm shares; subclasses say where candidates and
 scores come from. :class:`PopularityPipeline` ranks the snapshot's most popular items: it is
 the defined behaviour when no model can be loaded at all (DESIGN.md: model missing ->
@@ -12,12 +16,19 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 
 from serving.errors import DeadlineExceeded
 from serving.exploration import ExplorationConfig, explore
-from serving.impression_log import ImpressionBatch, ImpressionLog, stable_id
+from serving.impression_log import (
+    FeatureSample,
+    ImpressionBatch,
+    ImpressionLog,
+    ServedFeatureLog,
+    stable_id,
+)
 from serving.metrics import StageTimer
 from serving.requests import FeedRequest
 from serving.rerank import Candidates, Reranker
@@ -36,6 +47,8 @@ class Scored:
     p_purchase: np.ndarray
     expected_gmv: np.ndarray
     fallbacks: tuple[str, ...] = ()
+    features: np.ndarray | None = None  # the scored feature matrix (N, d), when a model scored
+    feature_names: Sequence[str] = ()
     ranker_score: np.ndarray | None = None  # the learnt ranker's own score, where there is one
 
 
@@ -81,15 +94,21 @@ class PipelineBase(ABC):
     exploration : ExplorationConfig
     versions : ModelVersions
     impression_log : ImpressionLog, optional
+    feature_log : ServedFeatureLog, optional
+        Receives the served items' feature vectors of the requests it samples.
     """
 
     def __init__(self, *, snapshot: ItemSnapshot, reranker: Reranker, exploration: ExplorationConfig,
-                 versions: ModelVersions, impression_log: ImpressionLog | None = None) -> None:
+                 versions: ModelVersions, impression_log: ImpressionLog | None = None,
+                 feature_log: ServedFeatureLog | None = None) -> None:
         self.snapshot = snapshot
         self.reranker = reranker
         self.exploration = exploration
         self.versions = versions
         self.impression_log = impression_log
+        self.feature_log = feature_log
+        self.trained_at: datetime | None = None  # when the models were trained (bundle created_at)
+        self.data_until: datetime | None = None  # the end of their training data window
 
     def snapshot_info(self) -> tuple[int, str]:
         return len(self.snapshot), self.snapshot.loaded_at
@@ -133,6 +152,11 @@ class PipelineBase(ABC):
         return Arranged(candidates=cands, reranked=result.order, order=result.order[exp.order], reasons=reasons,
                         propensity=exp.propensity, randomized=exp.randomized)
 
+    def _explain(self, scored: Scored, order: np.ndarray, top: int) -> list | None:
+        """Explanations of the candidates ``order`` indexes (``top`` contributions per model); None
+        when this pipeline has no model to explain (the items then carry no explanation)."""
+        return None
+
     def rank(self, request: FeedRequest, *, arm: str, timer: StageTimer, deadline: float | None,
              candidates: np.ndarray | None = None) -> FeedResult:
         scored = self._score(request, timer, deadline, candidates)
@@ -140,16 +164,29 @@ class PipelineBase(ABC):
         with timer.stage("rerank"):
             arranged = self.arrange(request, scored)
         cands, order = arranged.candidates, arranged.order
+        explanations = None
+        if request.explain_top:
+            with timer.stage("explain"):
+                explanations = self._explain(scored, order, request.explain_top)
         items = [FeedItem(item_id=int(cands.item_ids[i]), score=float(scored.score[i]),
                           p_purchase=float(scored.p_purchase[i]), expected_gmv=float(scored.expected_gmv[i]),
                           seller_id=int(cands.seller_ids[i]), category_id=int(cands.category_ids[i]),
-                          reasons=tuple(r), propensity=float(p))
-                 for i, r, p in zip(order.tolist(), arranged.reasons, arranged.propensity.tolist(), strict=True)]
+                          reasons=tuple(r), propensity=float(p), is_new_seller=bool(cands.is_new_seller[i]),
+                          explanation=None if explanations is None else explanations[s])
+                 for s, (i, r, p) in enumerate(zip(order.tolist(), arranged.reasons, arranged.propensity.tolist(),
+                                                   strict=True))]
         if self.impression_log is not None and items:
             self.impression_log.log(ImpressionBatch(
                 request_key=request.request_id, ts_us=request.ts_us, user_id=request.user_id,
                 item_ids=cands.item_ids[order], propensity=arranged.propensity, scores=scored.score[order],
                 policy=self.versions.ranker, arm=arm, randomized=arranged.randomized, device=request.device))
+        if (self.feature_log is not None and scored.features is not None and len(order)
+                and self.feature_log.sampled(request.request_id)):
+            self.feature_log.log(FeatureSample(
+                request_key=request.request_id, ts_us=request.ts_us, user_id=request.user_id, device=request.device,
+                arm=arm, model_version=self.versions.ranker, item_ids=cands.item_ids[order],
+                seller_ids=cands.seller_ids[order], features=scored.features[order],
+                feature_names=tuple(scored.feature_names)))
         return FeedResult(items=items, randomized=arranged.randomized, fallbacks=scored.fallbacks)
 
 

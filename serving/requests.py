@@ -10,10 +10,11 @@ import numpy as np
 from serving.config import LimitsConfig
 from serving.errors import InvalidArgument
 
-__all__ = ["DEVICES", "FeedRequest", "parse_request"]
+__all__ = ["DEFAULT_EXPLAIN_TOP", "DEVICES", "FeedRequest", "parse_request"]
 
 DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet")
 _INT64_MAX = 2**63 - 1
+DEFAULT_EXPLAIN_TOP = 5  # contributions per model when a request asks to explain without saying how many
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class FeedRequest:
     """A validated feed request.
 
     ``hour`` and ``day_of_week`` are always filled (from the server clock when the caller
-    sends -1); ``device`` and ``country`` are None when unknown.
+    sends -1); ``device`` and ``country`` are None when unknown. ``explain_top`` is the number
+    of feature contributions per model each item carries (0: no explanation asked for).
     """
 
     request_id: str
@@ -34,6 +36,7 @@ class FeedRequest:
     hour: int
     day_of_week: int
     ts_us: int
+    explain_top: int = 0
 
 
 def parse_request(msg, limits: LimitsConfig, *, now: float | None = None) -> FeedRequest:  # msg: RankFeedRequest
@@ -66,11 +69,16 @@ def parse_request(msg, limits: LimitsConfig, *, now: float | None = None) -> Fee
         raise InvalidArgument("context.hour", f"must be in [0, 23] or -1 for server time, got {hour}")
     if not -1 <= dow <= 6:
         raise InvalidArgument("context.day_of_week", f"must be in [0, 6] or -1 for server time, got {dow}")
+    if not 0 <= msg.explain_top <= limits.max_explain_top:
+        raise InvalidArgument("explain_top", f"must be in [0, {limits.max_explain_top}] (0 = {DEFAULT_EXPLAIN_TOP}), "
+                                             f"got {msg.explain_top}")
+    if msg.explain_top and not msg.explain:
+        raise InvalidArgument("explain_top", "is only meaningful with explain = true")
     now = time.time() if now is None else now
     clock = time.gmtime(now)
     return FeedRequest(
         request_id=msg.request_id, user_id=int(uid), k=msg.k, candidate_count=count, exclude_item_ids=exclude,
         device=ctx.device or None, country=ctx.country.upper() or None,
         hour=clock.tm_hour if hour == -1 else hour, day_of_week=clock.tm_wday if dow == -1 else dow,
-        ts_us=int(now * 1_000_000),
+        ts_us=int(now * 1_000_000), explain_top=(msg.explain_top or DEFAULT_EXPLAIN_TOP) if msg.explain else 0,
     )

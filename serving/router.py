@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -43,6 +43,8 @@ class FeedItem:
     category_id: int
     reasons: tuple[str, ...]
     propensity: float
+    explanation: Any = None  # ranking.explain.ItemExplanation when the request asked to explain
+    is_new_seller: bool = False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 from serving.admission import FifoGate
 from serving.config import ServingConfig
 from serving.errors import DeadlineExceeded, InvalidArgument, ModelUnavailable, Unauthenticated
+from serving.freshness import FreshnessProbe
 from serving.impression_log import RequestLog, RequestRecord
 from serving.metrics import ServingMetrics, StageTimer
 from serving.proto_gen import feedrank_pb2 as pb
@@ -60,6 +61,19 @@ def _status_for(exc: BaseException) -> grpc.StatusCode:
 def _pb_versions(v: ModelVersions | None) -> pb.ModelVersions:
     return pb.ModelVersions() if v is None else pb.ModelVersions(retrieval=v.retrieval, ranker=v.ranker,
                                                                  purchase_model=v.purchase_model)
+
+
+def _pb_model_explanation(e: Any) -> pb.ModelExplanation:
+    return pb.ModelExplanation(base_value=e.base_value, raw_output=e.raw_output, other=e.other, top=[
+        pb.Contribution(feature=f, value=v, contribution=c)
+        for f, v, c in zip(e.features, e.values, e.contributions, strict=True)])
+
+
+def _pb_explanation(e: Any) -> pb.ItemExplanation | None:
+    """An item's ``ranking.explain.ItemExplanation`` as the message (None when it has none)."""
+    if e is None:
+        return None
+    return pb.ItemExplanation(ranker=_pb_model_explanation(e.ranker), purchase_model=_pb_model_explanation(e.purchase))
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
@@ -179,6 +193,7 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
             timer.observe(self._metrics, arm)
             for kind in result.fallbacks:
                 self._metrics.fallbacks.labels(kind=kind).inc()
+            self._metrics.observe_feed(arm, result.items)
             self.requests_served += 1
             return pb.RankFeedResponse(
                 request_id=feed_request.request_id, arm=arm, randomized=result.randomized,
@@ -186,7 +201,8 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
                 items=[pb.RankedItem(item_id=it.item_id, rank=r, score=it.score, p_purchase=it.p_purchase,
                                      expected_gmv=it.expected_gmv, seller_id=it.seller_id,
                                      category_id=it.category_id, reasons=list(it.reasons),
-                                     propensity=it.propensity) for r, it in enumerate(result.items)])
+                                     propensity=it.propensity, explanation=_pb_explanation(it.explanation))
+                       for r, it in enumerate(result.items)])
         except Exception as exc:
             code = _status_for(exc)
             raise
@@ -209,10 +225,12 @@ class FeedRankerService(pb_grpc.FeedRankerServicer):
 class AdminService(pb_grpc.FeedRankerAdminServicer):
     """Reload (registry aliases, rollout share, item snapshot) and Status."""
 
-    def __init__(self, router: Router, feed: FeedRankerService, metrics: ServingMetrics) -> None:
+    def __init__(self, router: Router, feed: FeedRankerService, metrics: ServingMetrics,
+                 freshness: FreshnessProbe | None = None) -> None:
         self._router = router
         self._feed = feed
         self._metrics = metrics
+        self._freshness = freshness
 
     def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadResponse:  # noqa: N802
         try:
@@ -231,18 +249,23 @@ class AdminService(pb_grpc.FeedRankerAdminServicer):
         return pb.StatusResponse(champion=_pb_versions(state.champion.versions),
                                  challenger=_pb_versions(state.challenger.versions if state.challenger else None),
                                  challenger_share=state.challenger_share, requests_served=self._feed.requests_served,
-                                 item_snapshot_size=snapshot[0], item_snapshot_loaded_at=snapshot[1])
+                                 item_snapshot_size=snapshot[0], item_snapshot_loaded_at=snapshot[1],
+                                 age_seconds=self._freshness.ages() if self._freshness is not None else {})
 
 
 def create_server(config: ServingConfig, router: Router, *, address: str | None = None,
                   metrics: ServingMetrics | None = None,
-                  request_log: RequestLog | None = None) -> tuple[grpc.Server, int]:
+                  request_log: RequestLog | None = None,
+                  freshness: FreshnessProbe | None = None) -> tuple[grpc.Server, int]:
     """Build and start the server; return it and the bound port.
 
     ``address`` defaults to ``host:port`` from the config; pass ``"127.0.0.1:0"`` for a free port.
     ``request_log``, when given, receives one :class:`RequestRecord` per routed call.
+    ``freshness`` (default: the router's model ages only) feeds the freshness gauge and Status.
     """
     metrics = metrics or ServingMetrics()
+    freshness = freshness or FreshnessProbe(router)
+    metrics.watch_freshness(freshness)
     token = os.environ.get(config.admin_token_env) or None
     limit = config.limits.max_message_bytes
     server = grpc.server(
@@ -252,7 +275,7 @@ def create_server(config: ServingConfig, router: Router, *, address: str | None 
     )
     feed = FeedRankerService(config, router, metrics, request_log)
     pb_grpc.add_FeedRankerServicer_to_server(feed, server)
-    pb_grpc.add_FeedRankerAdminServicer_to_server(AdminService(router, feed, metrics), server)
+    pb_grpc.add_FeedRankerAdminServicer_to_server(AdminService(router, feed, metrics, freshness), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", FEED_SERVICE, ADMIN_SERVICE):
@@ -285,7 +308,8 @@ def stop_gracefully(server: grpc.Server, grace_seconds: float) -> None:
 
 
 def serve(config: ServingConfig, router: Router, *, metrics: ServingMetrics | None = None,
-          request_log: RequestLog | None = None, on_ready: Callable[[int], None] | None = None) -> None:
+          request_log: RequestLog | None = None, on_ready: Callable[[int], None] | None = None,
+          freshness: FreshnessProbe | None = None) -> None:
     """Serve until SIGTERM/SIGINT; expose Prometheus metrics when ``metrics_port`` is set.
 
     ``on_ready(port)`` is called once the port accepts calls.
@@ -295,7 +319,7 @@ def serve(config: ServingConfig, router: Router, *, metrics: ServingMetrics | No
         from prometheus_client import start_http_server
 
         start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
-    server, port = create_server(config, router, metrics=metrics, request_log=request_log)
+    server, port = create_server(config, router, metrics=metrics, request_log=request_log, freshness=freshness)
     if on_ready is not None:
         on_ready(port)
     stop = threading.Event()
