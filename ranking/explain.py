@@ -2,7 +2,8 @@
 
 LightGBM's ``predict(X, pred_contrib=True)`` returns, for each row, one SHAP value per
 feature and the model's expected raw output (the base value) last; they add up to the raw
-output (the ranker's score, the purchase model's log-odds)::
+output (the ranker's score, the purchase model's log-odds; with a purchase funnel, the log-odds
+of its last stage, P(purchase | click), whose product with the earlier stages is P(purchase))::
 
     raw_output = base_value + sum_j contribution_j
 

@@ -23,16 +23,20 @@ def test_contributions_add_up_to_the_raw_outputs_the_scorer_uses(trained, synthe
     assert len(got) == 300
     raw_ranker = np.array([e.ranker.raw_output for e in got])
     np.testing.assert_allclose(raw_ranker, scorer.score(X, price=np.ones(300)).ranker_score, atol=1e-9)
-    # the purchase model's raw output is the log-odds of the uncalibrated probability
-    p_raw = 1.0 / (1.0 + np.exp(-np.array([e.purchase.raw_output for e in got])))
-    np.testing.assert_allclose(scorer.calibrator.predict(p_raw), scorer.purchase_probability(X), atol=1e-9)
+    # the purchase model's raw output is the log-odds of the funnel's last stage, P(purchase | click),
+    # whose product with the earlier stages is the uncalibrated P(purchase | examined)
+    p_stage = 1.0 / (1.0 + np.exp(-np.array([e.purchase.raw_output for e in got])))
+    np.testing.assert_allclose(p_stage, scorer.purchase.predict(X), atol=1e-9)
+    earlier = np.prod([m.predict(np.hstack([X, np.zeros((len(X), 1))]) if names[-1] == "position" else X)
+                       for _, m, names in scorer.stages], axis=0)
+    np.testing.assert_allclose(scorer.calibrator.predict(p_stage * earlier), scorer.purchase_probability(X), atol=1e-9)
     for e in got:
         assert _identity_error(e.ranker) < 1e-6 and _identity_error(e.purchase) < 1e-6
         assert len(e.ranker.features) == 3
         sizes = np.abs(e.ranker.contributions)
         assert (np.diff(sizes) <= 0).all()
-    # the purchase model was trained with the slot: its explanation may name "position" (filled with 0)
-    assert explainer.purchase_feature_names[-1] == "position"
+    # the funnel's first stage has the slot; the purchase stage, explained here, has not
+    assert explainer.purchase_feature_names == explainer.feature_names
     assert {f for e in got for f in e.ranker.features} <= set(explainer.feature_names)
 
 
