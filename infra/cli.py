@@ -17,6 +17,7 @@ import yaml
 from infra.config import ConfigError, FeedrankConfig, load_config
 from infra.evaluate_cli import add_evaluate_command
 from infra.release_cli import add_release_commands
+from infra.retrieval_cli import add_retrieval_commands
 from infra.serving_cli import add_serving_commands
 from infra.stream_cli import add_stream_commands
 
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_release_commands(sub)  # rollout start|status|advance|rollback|auto, mlflow-ui
     add_stream_commands(sub)  # services up|down|status kafka, stream run|replay
     add_evaluate_command(sub)  # evaluate SCORED --out DIR [--mlflow-run-id ID]
+    add_retrieval_commands(sub)  # evaluate-retrieval LOGS
     add_serving_commands(sub)  # train, serve, rank
     return parser
 

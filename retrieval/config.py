@@ -115,8 +115,13 @@ class TrainingConfig:
         Early stopping stops after ``patience`` epochs without a better validation recall.
     learning_rate, weight_decay : float
         Adam.
+    validation_split : {"time", "last"}
+        What early stopping holds out: "time", the last ``validation_days`` of the training window;
+        "last", the last positive of up to ``max_validation_users`` sampled users who have at least
+        two (leave-last-out: for logs with an order but no real timestamps, or short windows).
     validation_days : float
-        The last ``validation_days`` of the training window are held out for early stopping.
+        The last ``validation_days`` of the training window are held out for early stopping
+        (``validation_split="time"``).
     early_stopping_k : int
         The K of the validation recall@K that early stopping watches.
     max_validation_users : int
@@ -139,6 +144,7 @@ class TrainingConfig:
     patience: int = 3
     learning_rate: float = 0.003
     weight_decay: float = 0.0
+    validation_split: str = "time"
     validation_days: float = 1.0
     early_stopping_k: int = 100
     max_validation_users: int = 5000
@@ -162,6 +168,8 @@ class TrainingConfig:
         check(self.batch_size >= 2, "batch_size", ">= 2 (in-batch negatives)", self.batch_size)
         check(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
         check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        check(self.validation_split in ("time", "last"), "validation_split", "one of ['time', 'last']",
+              self.validation_split)
         check(self.validation_days > 0, "validation_days", "> 0", self.validation_days)
         check(self.seed >= 0, "seed", ">= 0", self.seed)
 

@@ -467,9 +467,12 @@ class Examples:
 
 
 def build_examples(log: EventLog, history: UserHistory, *, start_us: int, end_us: int,
-                   positive_types: tuple[str, ...], purchase_weight: float) -> Examples:
+                   positive_types: tuple[str, ...], purchase_weight: float,
+                   events: np.ndarray | None = None) -> Examples:
     """Positive examples from events in ``[start_us, end_us)``, with point-in-time user features.
 
+    ``events`` (bool, one per row of ``log.events``), when given, further restricts the positives
+    to those rows (leave-last-out splits hold some events out by row, not by time).
     Hard negatives come from the impressions of the event's request (or, for an event without an
     impression, the user's last request strictly before it) that were not clicked before ``end_us``.
     """
@@ -478,6 +481,8 @@ def build_examples(log: EventLog, history: UserHistory, *, start_us: int, end_us
     ts = ev["ts_us"].to_numpy()
     type_codes = [EVENT_TYPES.index(t) for t in positive_types]
     mask = (ts >= start_us) & (ts < end_us) & np.isin(ev["type"].to_numpy(), type_codes)
+    if events is not None:
+        mask &= np.asarray(events, dtype=bool)
     pos = ev[mask]
     item_row = catalog.rows(pos["item_id"].to_numpy())
     codes = history.user_codes(pos["user_id"].to_numpy())
