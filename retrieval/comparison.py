@@ -47,7 +47,9 @@ def _retrievers(tt: TwoTowerRetriever, log: EventLog, config: RetrievalConfig, a
     pop = PopularityRetriever(catalog=tt.catalog, popularity=tt.popularity, users=tt.state, config=config.serving)
     hist = HistoryRetriever.from_log(log, as_of_us=as_of_us, catalog=tt.catalog, popularity=tt.popularity,
                                      users=tt.state, config=config.serving, impression_weight=impression_weight)
-    return {"two_tower_exact": exact, f"two_tower_{tt.index.kind}": tt, "popularity": pop, "history": hist}
+    # "two_tower_ann": the configured index as calibrated for serving (index.kind in the report; it may
+    # have fallen back to IVF or exact search to keep the target recall)
+    return {"two_tower_exact": exact, "two_tower_ann": tt, "popularity": pop, "history": hist}
 
 
 def _ann_check(tt: TwoTowerRetriever, exact: TwoTowerRetriever, queries: EvaluationQueries,

@@ -37,6 +37,7 @@ __all__ = [
     "build_examples",
     "hash_ids",
     "hour_band",
+    "item_id_rows",
 ]
 
 DAY_US = 86_400 * 1_000_000
@@ -68,6 +69,21 @@ def hash_ids(ids: np.ndarray, buckets: int, kind: str) -> np.ndarray:
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
     return (x % np.uint64(buckets)).astype(np.int64)
+
+
+def item_id_rows(item_ids: np.ndarray, trained_item_ids: np.ndarray) -> np.ndarray:
+    """Row of each item's own id embedding: its rank among the sorted ``trained_item_ids``; -1 for others.
+
+    Items with an own vector get collision-free rows (hashing 55k items into 262k buckets puts
+    thousands of pairs into one bucket, and two such items of one category got one vector);
+    every other item's id embedding is hidden, whatever row it would hash to.
+    """
+    trained = np.asarray(trained_item_ids, dtype=np.int64)
+    ids = np.asarray(item_ids, dtype=np.int64)
+    if len(trained) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(trained, ids), len(trained) - 1)
+    return np.where(trained[pos] == ids, pos, -1).astype(np.int64)
 
 
 def hour_band(hours: np.ndarray, bands: tuple[int, ...]) -> np.ndarray:

@@ -31,7 +31,14 @@ import torch.nn.functional as F
 from features.contract import EVENT_TYPES
 from retrieval.config import RetrievalConfig
 from retrieval.errors import ModelFitError
-from retrieval.inputs import DAY_US, Examples, ItemCatalog, UserHistory, build_examples
+from retrieval.inputs import (
+    DAY_US,
+    Examples,
+    ItemCatalog,
+    UserHistory,
+    build_examples,
+    item_id_rows,
+)
 from retrieval.logs import EventLog
 from retrieval.model import TwoTowerModel, item_batch, user_batch
 
@@ -193,13 +200,14 @@ def train_two_tower(log: EventLog, config: RetrievalConfig, *, train_end_us: int
         raise ValueError(f"the training window [{start}, {val_start}) holds {len(train)} positive events; need >= 2")
 
     counts = np.bincount(train.item_row, minlength=len(catalog)).astype(np.float64)
-    # Only items with enough examples get an id embedding; sparser ones are content-only in
-    # training and at serving alike, so both kinds of item vectors live in one space.
-    trained_items = counts >= mc.min_item_examples
-    trained_user_codes = np.unique(train.user_codes)
-    log_q = np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32)
     imp = log.impressions
     shown = catalog.rows(imp.loc[(imp["ts_us"] >= start) & (imp["ts_us"] < val_start), "item_id"].to_numpy())
+    learnable = _learnable_items(counts, shown, catalog, mc)
+    # Only items with enough interactions get an id embedding, each its own row; sparser ones are
+    # content-only in training and at serving alike, so both kinds of item vectors live in one space.
+    trained_items = item_id_rows(catalog.item_ids, catalog.item_ids[learnable])
+    trained_user_codes = np.unique(train.user_codes)
+    log_q = np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32)
     exposure = np.bincount(shown[shown >= 0], minlength=len(catalog)).astype(np.float64) + 1.0
     log_e = np.log(exposure / exposure.sum()).astype(np.float32)
     if tc.validation_positives == "off_feed":
@@ -261,7 +269,7 @@ def train_two_tower(log: EventLog, config: RetrievalConfig, *, train_end_us: int
         model.eval()
     return FittedTwoTower(
         config=config, model=model, catalog=catalog, history=history,
-        trained_item_ids=catalog.item_ids[trained_items],
+        trained_item_ids=catalog.item_ids[learnable],
         trained_user_ids=history.user_ids[trained_user_codes],
         window=TrainingWindow(train_start_us=start, validation_start_us=val_start, train_end_us=int(train_end_us)),
         epochs=tuple(epochs), best_epoch=best_epoch, validation_recall=best, n_examples=len(train))
@@ -308,6 +316,24 @@ def _batch_loss(model: TwoTowerModel, ex: Examples, idx: np.ndarray, catalog: It
     per_example = F.cross_entropy(logits, torch.arange(b), reduction="none")
     total_weight = float(weight.sum())
     return (per_example * weight).sum() / total_weight, total_weight
+
+
+def _learnable_items(positives: np.ndarray, shown: np.ndarray, catalog: ItemCatalog, config) -> np.ndarray:
+    """Items (bool per catalog row) with at least ``min_item_examples`` training interactions: positives,
+    plus the user's own page views where impressions are pooled into the history (``history_impressions``);
+    at most ``item_buckets`` of them (the most interacted), one id-embedding row each."""
+    interactions = positives.copy()
+    if config.history_impressions:
+        interactions += np.bincount(shown[shown >= 0], minlength=len(catalog))
+    learnable = interactions >= config.min_item_examples
+    if learnable.sum() > config.item_buckets:
+        logger.warning("%d items have >= %d interactions but item_buckets is %d: only the %d most interacted get an "
+                       "own vector (raise model.item_buckets)", learnable.sum(), config.min_item_examples,
+                       config.item_buckets, config.item_buckets)
+        top = np.argsort(-interactions, kind="stable")[:config.item_buckets]
+        learnable = np.zeros(len(catalog), dtype=bool)
+        learnable[top] = True
+    return learnable
 
 
 def _last_positive_rows(log: EventLog, history: UserHistory, catalog: ItemCatalog, config: RetrievalConfig, *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ import yaml
 
 from features.adapters import InteractionsConfig, adapt_interactions
 from infra.cli import main
-from retrieval import read_event_log
+from retrieval import RequestContext, read_event_log
 from retrieval.evaluation import leave_last_out_split, ndcg_at_k_score, per_user_scores
 
 
@@ -78,7 +79,7 @@ def test_evaluate_retrieval_on_an_order_only_log(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["split"] == "last" and report["training"]["validation_split"] == "last"
     results = report["results"]["all"]
-    assert set(results) == {"two_tower_exact", "two_tower_hnsw", "popularity", "history"}
+    assert set(results) == {"two_tower_exact", "two_tower_ann", "popularity", "history"}
     assert results["popularity"]["users"] == 240
     for name in results:
         for metric in ("recall@10", "recall@50", "ndcg@10", "ndcg@50"):
@@ -87,3 +88,35 @@ def test_evaluate_retrieval_on_an_order_only_log(tmp_path, capsys):
     diff = results["two_tower_exact"]["vs_popularity"]["recall@50"]
     assert diff["mean"] > 2 * diff["se"], results
     assert report["ann_vs_exact"]["ann_recall@50"] > 0.9
+
+
+def test_a_content_less_catalog_gives_every_learnt_item_its_own_vector(tmp_path):
+    from retrieval import TwoTowerRetriever, train_two_tower
+    from tests.retrieval.helpers import small_config
+
+    _clustered_log(tmp_path / "log.csv", users=300, items=1500, per_user=16, seed=1)
+    adapt_interactions(tmp_path / "log.csv", tmp_path / "logs",
+                       InteractionsConfig(user="user", item="item", timestamp=None, order="step"))
+    log = read_event_log(tmp_path / "logs")
+    train, queries = leave_last_out_split(log, event_types=("click",))
+    config = small_config(validation_split="last")
+    # hashing ~1,000 learnt items into 2,048 rows would give hundreds of pairs one id embedding
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, item_buckets=2048))
+    fit = train_two_tower(train, config, train_end_us=train.time_range_us[1] + 1)
+    tt = TwoTowerRetriever.from_fitted(fit, train)
+    assert tt.content_less
+    learnt = np.isin(tt.catalog.item_ids, fit.trained_item_ids)
+    assert learnt.sum() > 500
+    assert len(np.unique(tt.item_vectors[learnt], axis=0)) == learnt.sum()  # no two learnt items share a vector
+    # items without an own vector never come from the search: they follow the model's picks, by popularity
+    ids, scores = tt.recommend(queries.user_ids[:50], RequestContext(hour=0), k=1200)
+    own = np.isin(ids, fit.trained_item_ids)
+    for row_own, row_scores in zip(own, scores, strict=True):
+        first_blind = np.argmin(row_own) if not row_own.all() else len(row_own)
+        assert row_own[:first_blind].all() and not row_own[first_blind:].any()
+        assert (row_scores[first_blind:] < -1.0).all()
+    popular = tt.popularity.global_item_ids
+    blind = ids[0][~own[0]]
+    rank = {item: r for r, item in enumerate(popular)}
+    ranks = [rank.get(i, len(popular)) for i in blind]
+    assert ranks == sorted(ranks)
