@@ -64,7 +64,7 @@ def _ann_check(tt: TwoTowerRetriever, exact: TwoTowerRetriever, queries: Evaluat
     timings = {}
     for name, retriever in (("ann", tt), ("exact", exact)):
         t0 = time.perf_counter()
-        rows = retriever.index.search(q, k)[1]
+        rows = retriever.index.search(q, k, allowed=tt.searchable)[1]
         timings[name] = (rows, (time.perf_counter() - t0) / len(q) * 1e3)
     for kk in ks:
         out[f"ann_recall@{kk}"] = ann_recall_score(timings["ann"][0][:, :kk], timings["exact"][0][:, :kk])

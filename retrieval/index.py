@@ -174,17 +174,19 @@ class ItemIndex:
                     len(q), target)
         return {"ef_search": ef, "ann_recall": recall, "k": k, "queries": len(q), "target_recall": target}
 
-    def keep_promise(self, vectors: np.ndarray, queries: np.ndarray, k: int, *,
-                     seed: int = 0) -> tuple[ItemIndex, dict[str, Any]]:
+    def keep_promise(self, vectors: np.ndarray, queries: np.ndarray, k: int, *, seed: int = 0,
+                     allowed: np.ndarray | None = None) -> tuple[ItemIndex, dict[str, Any]]:
         """This index, calibrated to ``config.target_recall``, or the fallback that keeps it.
 
-        ``vectors`` are the indexed vectors (for the exact answers and a fallback's build). An
+        ``vectors`` are the indexed vectors (for the exact answers and a fallback's build);
+        ``allowed`` (bool per row) restricts every search, as serving restricts it. An
         approximate index must find at least ``target_recall`` of the exact top ``k`` of
         ``queries`` and be faster than exact search, or it is replaced:
 
-        1. HNSW: the search beam is raised as in :meth:`calibrate` (up to 8x the configured one);
+        1. HNSW: the search beam is raised as in :meth:`calibrate` (up to 8x the configured one,
+           and no further once a search takes longer than exact search: the budget);
         2. if HNSW misses the target (or is slower than exact search), IVF with ``nprobe`` doubled
-           from ``ivf_nprobe`` up to ``nlist`` until it reaches the target;
+           from ``ivf_nprobe`` up to ``nlist`` until it reaches the target (same budget);
         3. if IVF misses too (or is slower), exact search: at this size nothing approximate keeps
            the promise.
 
@@ -206,11 +208,11 @@ class ItemIndex:
             return index, {}
         k = min(int(k), index.ntotal)
         exact = cls.build(vectors, config, kind="exact")
-        exact_rows, exact_ms = _timed_search(exact, q, k)
+        exact_rows, exact_ms = _timed_search(exact, q, k, allowed)
         tried: list[dict[str, Any]] = []
 
         def measure(candidate: ItemIndex, parameter: str, value: int) -> tuple[float, float]:
-            rows, ms = _timed_search(candidate, q, k)
+            rows, ms = _timed_search(candidate, q, k, allowed)
             recall = ann_recall_score(rows, exact_rows)
             tried.append({"kind": candidate.kind, parameter: value, "recall": round(recall, 4),
                           "ms_per_query": round(ms, 4)})
@@ -224,7 +226,7 @@ class ItemIndex:
             for factor in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0):
                 index.config = dataclasses.replace(index.config, hnsw_ef_search=int(base * factor))
                 recall, ms = measure(index, "ef_search", index.config.hnsw_ef_search)
-                if recall >= target:
+                if recall >= target or ms > exact_ms:  # a wider beam is only slower than exact search
                     break
             if recall >= target and ms <= exact_ms:
                 return index, _record(requested, index, recall, ms, exact_ms, tried, None, k, len(q), target)
@@ -236,7 +238,7 @@ class ItemIndex:
         while True:
             index.config = dataclasses.replace(index.config, ivf_nprobe=nprobe)
             recall, ms = measure(index, "nprobe", nprobe)
-            if recall >= target or nprobe >= nlist:
+            if recall >= target or nprobe >= nlist or ms > exact_ms:
                 break
             nprobe = min(2 * nprobe, nlist)
         if recall >= target and ms <= exact_ms:
@@ -260,12 +262,13 @@ class ItemIndex:
         return cls(faiss.read_index(str(path)), kind, config)
 
 
-def _timed_search(index: ItemIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+def _timed_search(index: ItemIndex, queries: np.ndarray, k: int,
+                  allowed: np.ndarray | None) -> tuple[np.ndarray, float]:
     """Rows found for ``queries`` and the mean milliseconds per query (searched one by one, as served)."""
     rows = np.empty((len(queries), k), dtype=np.int64)
     t0 = time.perf_counter()
     for i in range(len(queries)):
-        rows[i] = index.search(queries[i:i + 1], k)[1][0]
+        rows[i] = index.search(queries[i:i + 1], k, allowed=allowed)[1][0]
     return rows, (time.perf_counter() - t0) / len(queries) * 1e3
 
 

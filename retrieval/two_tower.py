@@ -114,6 +114,12 @@ class TwoTowerRetriever(Retriever):
                    popularity=popularity, users=users, config=config, trained_item_ids=fitted.trained_item_ids,
                    trained_user_ids=fitted.trained_user_ids, metadata=metadata)._calibrate_index()
 
+    @property
+    def searchable(self) -> np.ndarray:
+        """Catalog rows the index search may return (bool per row): in stock, and with an own vector
+        in a content-less catalog."""
+        return self._searchable
+
     def with_index(self, index: ItemIndex) -> TwoTowerRetriever:
         """The same retriever searching ``index`` (e.g. exact search, for comparison)."""
         return TwoTowerRetriever(model=self.model, catalog=self.catalog, item_vectors=self.item_vectors, index=index,
@@ -146,7 +152,7 @@ class TwoTowerRetriever(Retriever):
         sample = np.sort(np.random.default_rng(cfg.training.seed).choice(ids, n, replace=False)) if n else ids
         vectors, warm = self.user_vectors(sample)
         self.index, measured = self.index.keep_promise(self.item_vectors, vectors[warm], cfg.serving.k,
-                                                       seed=cfg.training.seed)
+                                                       seed=cfg.training.seed, allowed=self._searchable)
         if measured:
             self.retrieval_config = dataclasses.replace(cfg, index=self.index.config)
             self.metadata["index_calibration"] = measured

@@ -117,7 +117,7 @@ def test_an_index_that_cannot_keep_the_target_recall_falls_back_and_says_so(capl
     with caplog.at_level("WARNING", logger="retrieval.index"):
         kept, record = index.keep_promise(x, q, k)
     hnsw = [t for t in record["tried"] if t["kind"] == "hnsw"]
-    assert len(hnsw) == 7 and max(t["recall"] for t in hnsw) < 0.99
+    assert 1 <= len(hnsw) <= 7 and max(t["recall"] for t in hnsw) < 0.99
     assert record["requested"] == "hnsw" and record["kind"] == kept.kind in ("ivf", "exact")
     assert "hnsw reached recall" in record["fallback"] and "falling back" in caplog.text
     exact = np.argsort(-(q @ x.T), axis=1)[:, :k]
