@@ -127,7 +127,8 @@ class TrainingConfig:
     max_validation_users : int
         Validation recall is computed over at most this many users (a seeded sample).
     num_threads : int
-        ``torch.set_num_threads`` while training and embedding.
+        ``torch.set_num_threads`` while training and embedding. One by default: on a busy 2-core
+        machine two threads wait for each other (the measurements are in docs/retrieval.md).
     seed : int
     """
 
@@ -148,7 +149,7 @@ class TrainingConfig:
     validation_days: float = 1.0
     early_stopping_k: int = 100
     max_validation_users: int = 5000
-    num_threads: int = 2
+    num_threads: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
