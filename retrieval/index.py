@@ -187,8 +187,8 @@ class ItemIndex:
            and no further once a search takes longer than exact search: the budget);
         2. if HNSW misses the target (or is slower than exact search), IVF with ``nprobe`` doubled
            from ``ivf_nprobe`` up to ``nlist`` until it reaches the target (same budget);
-        3. if IVF misses too (or is slower), exact search: at this size nothing approximate keeps
-           the promise.
+        3. if IVF misses too (or is slower, or needs every list), exact search: at this size
+           nothing approximate keeps the promise.
 
         Each step is logged, and a fallback with a warning. Exact indexes and ``target_recall``
         0 are returned unchanged (with an empty record). This index's search settings may change.
@@ -241,7 +241,7 @@ class ItemIndex:
             if recall >= target or nprobe >= nlist or ms > exact_ms:
                 break
             nprobe = min(2 * nprobe, nlist)
-        if recall >= target and ms <= exact_ms:
+        if recall >= target and ms <= exact_ms and nprobe < nlist:  # every list probed is exact search, slower
             reason = "; ".join(reasons) or None
             if reason:
                 logger.warning("%s: falling back to IVF (nprobe %d, recall %.3f)", reason, nprobe, recall)
