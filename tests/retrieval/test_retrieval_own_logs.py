@@ -70,7 +70,7 @@ def test_evaluate_retrieval_on_an_order_only_log(tmp_path, capsys):
     config.write_text(yaml.safe_dump({"retrieval": {
         "model": {"user_buckets": 4096, "item_buckets": 8192, "seller_buckets": 1024, "category_buckets": 256,
                   "min_item_examples": 2},
-        "training": {"num_threads": 1, "max_epochs": 8, "patience": 3}}}))
+        "training": {"num_threads": 1, "max_epochs": 8, "patience": 3}, "index": {"calibration_queries": 60}}}))
     code = main(["--config", str(config), "evaluate-retrieval", str(tmp_path / "logs"), "--k", "10", "50",
                  "--out", str(tmp_path / "report.json")])
     out = capsys.readouterr().out
