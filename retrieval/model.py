@@ -71,7 +71,7 @@ def item_batch(catalog: ItemCatalog, rows: np.ndarray, ts_us: np.ndarray | int, 
     each item's own id embedding, -1 for items without one (their id embedding is hidden).
     """
     content = catalog.content(rows, ts_us, config)
-    id_rows = np.asarray(trained_items)[rows]
+    id_rows = _id_rows(trained_items)[rows]
     return ItemBatch(
         item=torch.from_numpy(np.maximum(id_rows, 0)),
         category=torch.from_numpy(content["category"]),
@@ -90,7 +90,7 @@ def user_batch(inputs: UserInputs, catalog: ItemCatalog, config: TwoTowerConfig,
     mask = recent >= 0
     safe = np.where(mask, recent, 0)
     if len(catalog):
-        id_rows = np.asarray(trained_items)[safe]
+        id_rows = _id_rows(trained_items)[safe]
         recent_item = np.maximum(id_rows, 0)
         recent_cat = hash_ids(catalog.category_ids[safe].ravel(), config.category_buckets, "category").reshape(
             recent.shape)
@@ -110,6 +110,14 @@ def user_batch(inputs: UserInputs, catalog: ItemCatalog, config: TwoTowerConfig,
         numeric=torch.from_numpy(inputs.numeric),
         id_keep=torch.from_numpy(np.asarray(trained_users, dtype=np.float32)),
     )
+
+
+def _id_rows(trained_items: np.ndarray) -> np.ndarray:
+    rows = np.asarray(trained_items)
+    if not np.issubdtype(rows.dtype, np.integer):  # a bool mask (the format before item_id_rows) would pass silently
+        raise TypeError(f"trained_items must be int64 id-embedding rows per catalog row (retrieval.inputs.item_id_rows), "
+                        f"got dtype {rows.dtype}")
+    return rows
 
 
 class TwoTowerModel(nn.Module):
