@@ -18,6 +18,7 @@ from infra.config import ConfigError, FeedrankConfig, load_config
 from infra.evaluate_cli import add_evaluate_command
 from infra.monitor_cli import add_monitor_commands
 from infra.release_cli import add_release_commands
+from infra.retrieval_cli import add_retrieval_commands
 from infra.serving_cli import add_serving_commands
 from infra.stream_cli import add_stream_commands
 
@@ -142,14 +143,36 @@ def _cmd_features(args: argparse.Namespace, config: FeedrankConfig) -> int:
     return 0
 
 
-def _cmd_adapt(args: argparse.Namespace, config: FeedrankConfig) -> int:
-    from features.adapters import adapt_taobao
+def _interactions_config(args: argparse.Namespace):
+    from features.adapters.interactions import InteractionsConfig, parse_event_map
 
-    report = adapt_taobao(args.source, args.out)
-    print(f"{report.lines:,} lines -> {report.tables}; {report.quarantined:,} quarantined")
+    return InteractionsConfig(
+        user=args.user, item=args.item, timestamp=None if args.order else args.timestamp,
+        timestamp_unit=args.timestamp_unit, order=args.order, event=args.event,
+        event_map=parse_event_map(args.event_map) if args.event_map else (), default_event=args.default_event,
+        price=args.price, quantity=args.quantity, category=args.category, seller=args.seller,
+        imputed_price=args.imputed_price, map_ids=args.map_ids,
+        columns=tuple(c.strip() for c in args.columns.split(",")) if args.columns else (),
+        delimiter=args.delimiter, period_start=args.period_start or "", period_end=args.period_end or "",
+        name=args.name)
+
+
+def _cmd_adapt(args: argparse.Namespace, config: FeedrankConfig) -> int:
+    from features.adapters import adapt_interactions, adapt_taobao
+
+    try:
+        if args.kind == "taobao":
+            report = adapt_taobao(args.source, args.out)
+        else:
+            report = adapt_interactions(args.source, args.out, _interactions_config(args))
+    except (FileNotFoundError, ValueError) as exc:  # a bad option or column names the field and the reason
+        print(f"feedrank adapt: {exc}", file=sys.stderr)
+        return 2
+    print(f"{report.lines:,} records -> {report.tables}; {report.quarantined:,} quarantined")
     for reason, count in report.reasons.items():
         print(f"    {count:>8,}  {reason}")
-    print(f"contract tables in {args.out}; next: feedrank etl {args.out} --out <features dir>")
+    print(f"contract tables in {args.out} (fills in {args.out}/_source.json); next: feedrank etl {args.out} "
+          f"--out <features dir>, or feedrank evaluate-retrieval {args.out}")
     return 0
 
 
@@ -212,11 +235,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_features)
 
     p = sub.add_parser("adapt", help="map a real log into the event-log contract",
-                       description="Map a public dataset into the five contract tables (see "
-                                   "features/adapters/); unmappable rows are quarantined with reasons.")
-    p.add_argument("kind", choices=["taobao"], help="source format")
-    p.add_argument("source", help="source file (taobao: UserBehavior CSV)")
+                       description="Map an interaction log (CSV or Parquet: user, item, time or order, optional "
+                                   "event type, price, quantity, category, seller) or the Taobao UserBehavior CSV "
+                                   "into the five contract tables; fills are listed in OUT/_source.json and rows "
+                                   "that do not fit are quarantined with reasons in OUT/_quarantine/ "
+                                   "(docs/own-logs.md).")
+    p.add_argument("kind", choices=["interactions", "taobao"], help="source format")
+    p.add_argument("source", help="source file (CSV or Parquet; taobao: UserBehavior CSV)")
     p.add_argument("--out", required=True, help="output folder for the contract tables")
+    g = p.add_argument_group("interactions: source columns")
+    g.add_argument("--user", default="user_id", help="user id column (default user_id)")
+    g.add_argument("--item", default="item_id", help="item id column (default item_id)")
+    g.add_argument("--timestamp", default="timestamp", help="time column (default timestamp)")
+    g.add_argument("--timestamp-unit", default="s", choices=["s", "ms", "us", "iso"],
+                   help="epoch seconds, milliseconds, microseconds, or ISO-8601 text (default s)")
+    g.add_argument("--order", help="order column instead of a time column: synthetic timestamps keep the order")
+    g.add_argument("--event", help="event-type column (default: every row is --default-event)")
+    g.add_argument("--event-map", metavar="RAW=TYPE,...",
+                   help="map raw event values to view|click|add_to_cart|purchase, e.g. "
+                        "pv=view,fav=click,cart=add_to_cart,buy=purchase; unmapped values are quarantined")
+    g.add_argument("--default-event", default="click", choices=["click", "add_to_cart", "purchase"],
+                   help="type of every row without an event column (default click)")
+    g.add_argument("--price", help="unit price column (default: placeholder --imputed-price)")
+    g.add_argument("--quantity", help="quantity column (default 1)")
+    g.add_argument("--category", help="category column (default: one placeholder category)")
+    g.add_argument("--seller", help="seller column (default: one placeholder seller)")
+    g.add_argument("--imputed-price", type=float, default=1.0, help="price of items without one (default 1.0)")
+    g.add_argument("--map-ids", action="store_true", help="map string (or any) ids to dense integers (_id_maps/)")
+    g.add_argument("--columns", help="comma-separated column names of a headerless CSV")
+    g.add_argument("--delimiter", default=",", help="CSV field separator (default ,)")
+    g.add_argument("--period-start", help="ISO-8601 start of the collection period (rows before: quarantined)")
+    g.add_argument("--period-end", help="ISO-8601 end of the collection period (exclusive)")
+    g.add_argument("--name", default="interactions", help="source name (quarantine file, _source.json)")
     p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser("config", help="print the effective configuration",
@@ -226,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_release_commands(sub)  # rollout start|status|advance|rollback|auto, mlflow-ui
     add_stream_commands(sub)  # services up|down|status kafka, stream run|replay
     add_evaluate_command(sub)  # evaluate SCORED --out DIR [--mlflow-run-id ID]
+    add_retrieval_commands(sub)  # evaluate-retrieval LOGS
     add_serving_commands(sub)  # train, serve, rank
     add_monitor_commands(sub)  # monitor drift|skew|freshness|report|watch|shadow
     return parser

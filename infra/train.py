@@ -9,7 +9,9 @@ completes; a re-run resumes after the last completed step unless ``--restart``):
 2. ``feast``      Feast apply and materialize over the ETL's feature tables.
 3. ``retrieval``  two-tower training, item embeddings and the FAISS index, recall evaluation.
 4. ``ranking``    IPS-weighted LambdaMART + calibrated purchase model (+ Optuna when configured)
-                  and their Treelite compilation.
+                  and their Treelite compilation. When too few requests have a complete 7-day
+                  purchase label (a log not much longer than 7 days), the purchase model trains
+                  on the 24-hour label instead, with a warning (:func:`effective_purchase_label`).
 5. ``snapshots``  the serving snapshots: items (attributes, item and seller features,
                   popularity) and users (latest features), the bundle manifest.
 6. ``evaluate``   offline evaluation of the bundle's scorer on the held-out time slice
@@ -23,6 +25,7 @@ completes; a re-run resumes after the last completed step unless ``--restart``):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -40,12 +43,35 @@ import pyarrow.dataset as ds
 from features.popularity import popularity_counts
 from infra.config import FeedrankConfig
 
-__all__ = ["STEPS", "EvaluationGateError", "TrainReport", "run_training"]
+__all__ = ["STEPS", "EvaluationGateError", "TrainReport", "effective_purchase_label", "run_training"]
 
 logger = logging.getLogger(__name__)
 
 STEPS: tuple[str, ...] = ("etl", "feast", "retrieval", "ranking", "snapshots", "evaluate", "register")
 _STATE = "train_state.json"
+
+
+# The 7-day purchase label is complete only for impressions at least 7 days before the log's end:
+# a 7-day log has none, an 8-day log 1/8. Below this share of requests the 24-hour label, complete
+# for all but the last day, trains a better purchase model than the few complete 7-day rows.
+MIN_COMPLETE_7D_SHARE = 0.2
+
+
+def effective_purchase_label(frame: pd.DataFrame, config: Any) -> tuple[str, str | None]:
+    """The purchase label to train on, and why it is not the configured one (None when it is).
+
+    ``purchased_7d`` (with ``complete_labels_only``) falls back to ``purchased_24h`` when fewer than
+    :data:`MIN_COMPLETE_7D_SHARE` of the training requests (or fewer than 10) have a complete label.
+    """
+    if config.purchase_label != "purchased_7d" or not config.complete_labels_only or "label_complete" not in frame:
+        return config.purchase_label, None
+    requests = frame["request_id"].nunique()
+    complete = frame.loc[frame["label_complete"].to_numpy(dtype=bool), "request_id"].nunique()
+    if complete >= max(10, MIN_COMPLETE_7D_SHARE * requests):
+        return config.purchase_label, None
+    return "purchased_24h", (f"only {complete:,} of {requests:,} requests have a complete purchased_7d label (their "
+                             "7 days have not passed by the end of the log): the purchase model trains on "
+                             "purchased_24h; use a log longer than 7 days past most impressions for the 7-day label")
 
 
 class EvaluationGateError(RuntimeError):
@@ -159,6 +185,8 @@ class _Context:
 
     def restore(self, step: str, outputs: dict[str, Any]) -> None:
         self.report.metrics.update({k: v for k, v in outputs.get("metrics", {}).items()})
+        if step == "ranking" and outputs.get("purchase_label"):
+            self._use_purchase_label(outputs["purchase_label"])
         if step == "register":
             self.report.version = outputs.get("version")
 
@@ -195,14 +223,24 @@ class _Context:
         self.report.metrics.update(metrics)
         return {"metrics": metrics, "best_epoch": fitted.best_epoch, "examples": fitted.n_examples}
 
+    def _use_purchase_label(self, label: str) -> None:
+        if label != self.config.ranking.purchase_label:
+            self.config = dataclasses.replace(self.config, ranking=dataclasses.replace(self.config.ranking,
+                                                                                       purchase_label=label))
+
     def step_ranking(self) -> dict[str, Any]:
         from ranking.train import train_ranking_models
 
         frame = _read(self.features_dir, "training")
+        label, fallback = effective_purchase_label(frame, self.config.ranking)
+        if fallback:
+            logger.warning("%s", fallback)
+            self._use_purchase_label(label)
         result = train_ranking_models(frame, self.config.ranking, self.bundle / "ranking")
         metrics = _flat_metrics(result.metadata.get("metrics", {}))
         self.report.metrics.update(metrics)
-        return {"metrics": metrics, "rows": len(frame), "features": len(result.metadata.get("features", []))}
+        return {"metrics": metrics, "rows": len(frame), "features": len(result.metadata.get("features", [])),
+                "purchase_label": label, "purchase_label_fallback": fallback}
 
     def step_snapshots(self) -> dict[str, Any]:
         from ranking.artifacts import read_metadata

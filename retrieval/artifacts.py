@@ -38,7 +38,7 @@ if typing.TYPE_CHECKING:
 __all__ = ["FORMAT_VERSION", "load_two_tower", "save_two_tower"]
 
 FORMAT = "feedrank-retrieval-two-tower"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: items with an own vector have their own id-embedding row (item_id_rows)
 _FILES = ("model.npz", "item_embeddings.npy", "item_ids.npy", "index.faiss", "catalog.npz", "user_state.npz",
           "popularity.npz", "trained_ids.npz")
 

@@ -116,14 +116,20 @@ class TrainingConfig:
         Early stopping stops after ``patience`` epochs without a better validation recall.
     learning_rate, weight_decay : float
         Adam.
+    validation_split : {"time", "last"}
+        What early stopping holds out: "time", the last ``validation_days`` of the training window;
+        "last", the last positive of up to ``max_validation_users`` sampled users who have at least
+        two (leave-last-out: for logs with an order but no real timestamps, or short windows).
     validation_days : float
-        The last ``validation_days`` of the training window are held out for early stopping.
+        The last ``validation_days`` of the training window are held out for early stopping
+        (``validation_split="time"``).
     early_stopping_k : int
         The K of the validation recall@K that early stopping watches.
     max_validation_users : int
         Validation recall is computed over at most this many users (a seeded sample).
     num_threads : int
-        ``torch.set_num_threads`` while training and embedding.
+        ``torch.set_num_threads`` while training and embedding. One by default: on a busy 2-core
+        machine two threads wait for each other (the measurements are in docs/retrieval.md).
     seed : int
     """
 
@@ -140,10 +146,11 @@ class TrainingConfig:
     patience: int = 3
     learning_rate: float = 0.003
     weight_decay: float = 0.0
+    validation_split: str = "time"
     validation_days: float = 1.0
     early_stopping_k: int = 100
     max_validation_users: int = 5000
-    num_threads: int = 2
+    num_threads: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -163,6 +170,8 @@ class TrainingConfig:
         check(self.batch_size >= 2, "batch_size", ">= 2 (in-batch negatives)", self.batch_size)
         check(self.learning_rate > 0, "learning_rate", "> 0", self.learning_rate)
         check(self.weight_decay >= 0, "weight_decay", ">= 0", self.weight_decay)
+        check(self.validation_split in ("time", "last"), "validation_split", "one of ['time', 'last']",
+              self.validation_split)
         check(self.validation_days > 0, "validation_days", "> 0", self.validation_days)
         check(self.seed >= 0, "seed", ">= 0", self.seed)
 

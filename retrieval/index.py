@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -173,6 +174,84 @@ class ItemIndex:
                     len(q), target)
         return {"ef_search": ef, "ann_recall": recall, "k": k, "queries": len(q), "target_recall": target}
 
+    def keep_promise(self, vectors: np.ndarray, queries: np.ndarray, k: int, *, seed: int = 0,
+                     allowed: np.ndarray | None = None) -> tuple[ItemIndex, dict[str, Any]]:
+        """This index, calibrated to ``config.target_recall``, or the fallback that keeps it.
+
+        ``vectors`` are the indexed vectors (for the exact answers and a fallback's build);
+        ``allowed`` (bool per row) restricts every search, as serving restricts it. An
+        approximate index must find at least ``target_recall`` of the exact top ``k`` of
+        ``queries`` and be faster than exact search, or it is replaced:
+
+        1. HNSW: the search beam is raised as in :meth:`calibrate` (up to 8x the configured one,
+           and no further once a search takes longer than exact search: the budget);
+        2. if HNSW misses the target (or is slower than exact search), IVF with ``nprobe`` doubled
+           from ``ivf_nprobe`` up to ``nlist`` until it reaches the target (same budget);
+        3. if IVF misses too (or is slower, or needs every list), exact search: at this size
+           nothing approximate keeps the promise.
+
+        Each step is logged, and a fallback with a warning. Exact indexes and ``target_recall``
+        0 are returned unchanged (with an empty record). This index's search settings may change.
+
+        Returns
+        -------
+        index : ItemIndex
+        record : dict
+            ``requested`` and chosen ``kind``, its ``ann_recall`` and ``ms_per_query``, the exact
+            search's ``exact_ms_per_query``, every setting ``tried`` (kind, parameter, recall,
+            ms per query), ``fallback`` (why, or None), ``k``, ``queries``, ``target_recall``.
+        """
+        cls, index, config = type(self), self, self.config
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        target = config.target_recall
+        if index.kind == "exact" or target <= 0 or len(q) == 0 or index.ntotal == 0:
+            return index, {}
+        k = min(int(k), index.ntotal)
+        exact = cls.build(vectors, config, kind="exact")
+        exact_rows, exact_ms = _timed_search(exact, q, k, allowed)
+        tried: list[dict[str, Any]] = []
+
+        def measure(candidate: ItemIndex, parameter: str, value: int) -> tuple[float, float]:
+            rows, ms = _timed_search(candidate, q, k, allowed)
+            recall = ann_recall_score(rows, exact_rows)
+            tried.append({"kind": candidate.kind, parameter: value, "recall": round(recall, 4),
+                          "ms_per_query": round(ms, 4)})
+            logger.info("%s %s %d: recall@%d %.4f, %.3f ms per query (exact %.3f ms; target %.2f)", candidate.kind,
+                        parameter, value, k, recall, ms, exact_ms, target)
+            return recall, ms
+
+        requested, reasons = index.kind, []
+        if index.kind == "hnsw":
+            base = max(config.hnsw_ef_search, k)
+            for factor in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0):
+                index.config = dataclasses.replace(index.config, hnsw_ef_search=int(base * factor))
+                recall, ms = measure(index, "ef_search", index.config.hnsw_ef_search)
+                if recall >= target or ms > exact_ms:  # a wider beam is only slower than exact search
+                    break
+            if recall >= target and ms <= exact_ms:
+                return index, _record(requested, index, recall, ms, exact_ms, tried, None, k, len(q), target)
+            reasons.append(f"hnsw reached recall {recall:.3f} at efSearch {index.config.hnsw_ef_search} "
+                           f"({ms:.3f} ms per query, exact {exact_ms:.3f} ms)")
+            index = cls.build(vectors, config, kind="ivf", seed=seed)
+        nlist = int(index.index.nlist)
+        nprobe = min(config.ivf_nprobe, nlist)
+        while True:
+            index.config = dataclasses.replace(index.config, ivf_nprobe=nprobe)
+            recall, ms = measure(index, "nprobe", nprobe)
+            if recall >= target or nprobe >= nlist or ms > exact_ms:
+                break
+            nprobe = min(2 * nprobe, nlist)
+        if recall >= target and ms <= exact_ms and nprobe < nlist:  # every list probed is exact search, slower
+            reason = "; ".join(reasons) or None
+            if reason:
+                logger.warning("%s: falling back to IVF (nprobe %d, recall %.3f)", reason, nprobe, recall)
+            return index, _record(requested, index, recall, ms, exact_ms, tried, reason, k, len(q), target)
+        reasons.append(f"ivf reached recall {recall:.3f} at nprobe {nprobe} of {nlist} ({ms:.3f} ms per query, "
+                       f"exact {exact_ms:.3f} ms)")
+        reason = "; ".join(reasons)
+        logger.warning("%s: falling back to exact search over %d items", reason, exact.ntotal)
+        return exact, _record(requested, exact, 1.0, exact_ms, exact_ms, tried, reason, k, len(q), target)
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index with ``faiss.write_index``."""
         faiss.write_index(self.index, str(path))
@@ -181,6 +260,26 @@ class ItemIndex:
     def load(cls, path: str | os.PathLike[str], kind: str, config: IndexConfig) -> ItemIndex:
         """Read an index written by :meth:`save`."""
         return cls(faiss.read_index(str(path)), kind, config)
+
+
+def _timed_search(index: ItemIndex, queries: np.ndarray, k: int,
+                  allowed: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """Rows found for ``queries`` and the mean milliseconds per query (searched one by one, as served)."""
+    rows = np.empty((len(queries), k), dtype=np.int64)
+    t0 = time.perf_counter()
+    for i in range(len(queries)):
+        rows[i] = index.search(queries[i:i + 1], k, allowed=allowed)[1][0]
+    return rows, (time.perf_counter() - t0) / len(queries) * 1e3
+
+
+def _record(requested: str, index: ItemIndex, recall: float, ms: float, exact_ms: float, tried: list,
+            fallback: str | None, k: int, queries: int, target: float) -> dict[str, Any]:
+    params = {"hnsw": {"ef_search": index.config.hnsw_ef_search}, "ivf": {"nprobe": index.config.ivf_nprobe,
+                                                                         "nlist": int(getattr(index.index, "nlist", 0))},
+              "exact": {}}[index.kind]
+    return {"requested": requested, "kind": index.kind, **params, "ann_recall": recall, "ms_per_query": round(ms, 4),
+            "exact_ms_per_query": round(exact_ms, 4), "tried": tried, "fallback": fallback, "k": k,
+            "queries": queries, "target_recall": target}
 
 
 def ann_recall_score(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:

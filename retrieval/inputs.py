@@ -37,6 +37,7 @@ __all__ = [
     "build_examples",
     "hash_ids",
     "hour_band",
+    "item_id_rows",
 ]
 
 DAY_US = 86_400 * 1_000_000
@@ -68,6 +69,21 @@ def hash_ids(ids: np.ndarray, buckets: int, kind: str) -> np.ndarray:
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
     return (x % np.uint64(buckets)).astype(np.int64)
+
+
+def item_id_rows(item_ids: np.ndarray, trained_item_ids: np.ndarray) -> np.ndarray:
+    """Row of each item's own id embedding: its rank among the sorted ``trained_item_ids``; -1 for others.
+
+    Items with an own vector get collision-free rows (hashing 55k items into 262k buckets puts
+    thousands of pairs into one bucket, and two such items of one category got one vector);
+    every other item's id embedding is hidden, whatever row it would hash to.
+    """
+    trained = np.asarray(trained_item_ids, dtype=np.int64)
+    ids = np.asarray(item_ids, dtype=np.int64)
+    if len(trained) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(trained, ids), len(trained) - 1)
+    return np.where(trained[pos] == ids, pos, -1).astype(np.int64)
 
 
 def hour_band(hours: np.ndarray, bands: tuple[int, ...]) -> np.ndarray:
@@ -467,9 +483,12 @@ class Examples:
 
 
 def build_examples(log: EventLog, history: UserHistory, *, start_us: int, end_us: int,
-                   positive_types: tuple[str, ...], purchase_weight: float) -> Examples:
+                   positive_types: tuple[str, ...], purchase_weight: float,
+                   events: np.ndarray | None = None) -> Examples:
     """Positive examples from events in ``[start_us, end_us)``, with point-in-time user features.
 
+    ``events`` (bool, one per row of ``log.events``), when given, further restricts the positives
+    to those rows (leave-last-out splits hold some events out by row, not by time).
     Hard negatives come from the impressions of the event's request (or, for an event without an
     impression, the user's last request strictly before it) that were not clicked before ``end_us``.
     """
@@ -478,6 +497,8 @@ def build_examples(log: EventLog, history: UserHistory, *, start_us: int, end_us
     ts = ev["ts_us"].to_numpy()
     type_codes = [EVENT_TYPES.index(t) for t in positive_types]
     mask = (ts >= start_us) & (ts < end_us) & np.isin(ev["type"].to_numpy(), type_codes)
+    if events is not None:
+        mask &= np.asarray(events, dtype=bool)
     pos = ev[mask]
     item_row = catalog.rows(pos["item_id"].to_numpy())
     codes = history.user_codes(pos["user_id"].to_numpy())

@@ -13,6 +13,9 @@ User tower::
 ``score(u, i) = <u, v_i>`` (a cosine, since both are unit vectors). ``keep`` is 0 for ids the
 model never trained on, so a brand-new item's vector comes from its content alone; during
 training ids are hidden at random (``id_dropout``) so that content-only path is trained too.
+Items with an own vector have their own row of the item-id table (``h(item)`` is their rank
+among the trained items, :func:`~retrieval.inputs.item_id_rows`: no two share one); user ids
+are hashed.
 
 Importing this module imports torch.
 """
@@ -62,29 +65,36 @@ class UserBatch:
 
 def item_batch(catalog: ItemCatalog, rows: np.ndarray, ts_us: np.ndarray | int, config: TwoTowerConfig,
                trained_items: np.ndarray) -> ItemBatch:
-    """Tensors of catalog ``rows`` as of ``ts_us``; ``trained_items`` (bool per catalog row) keeps id embeddings."""
+    """Tensors of catalog ``rows`` as of ``ts_us``.
+
+    ``trained_items`` (int64 per catalog row, :func:`~retrieval.inputs.item_id_rows`) is the row of
+    each item's own id embedding, -1 for items without one (their id embedding is hidden).
+    """
     content = catalog.content(rows, ts_us, config)
+    id_rows = _id_rows(trained_items)[rows]
     return ItemBatch(
-        item=torch.from_numpy(content["item"]),
+        item=torch.from_numpy(np.maximum(id_rows, 0)),
         category=torch.from_numpy(content["category"]),
         seller=torch.from_numpy(content["seller"]),
         price_band=torch.from_numpy(content["price_band"]),
         numeric=torch.from_numpy(content["numeric"]),
-        id_keep=torch.from_numpy(trained_items[rows].astype(np.float32)),
+        id_keep=torch.from_numpy((id_rows >= 0).astype(np.float32)),
     )
 
 
 def user_batch(inputs: UserInputs, catalog: ItemCatalog, config: TwoTowerConfig, trained_items: np.ndarray,
                trained_users: np.ndarray) -> UserBatch:
-    """Tensors of :class:`UserInputs`; ``trained_users`` (bool, shape (n,)) keeps the user-id embeddings."""
+    """Tensors of :class:`UserInputs`; ``trained_items`` as in :func:`item_batch`, ``trained_users``
+    (bool, shape (n,)) keeps the user-id embeddings."""
     recent = inputs.recent
     mask = recent >= 0
     safe = np.where(mask, recent, 0)
     if len(catalog):
-        recent_item = hash_ids(catalog.item_ids[safe].ravel(), config.item_buckets, "item").reshape(recent.shape)
+        id_rows = _id_rows(trained_items)[safe]
+        recent_item = np.maximum(id_rows, 0)
         recent_cat = hash_ids(catalog.category_ids[safe].ravel(), config.category_buckets, "category").reshape(
             recent.shape)
-        keep = (trained_items[safe] & mask).astype(np.float32)
+        keep = ((id_rows >= 0) & mask).astype(np.float32)
     else:
         recent_item = recent_cat = np.zeros(recent.shape, np.int64)
         keep = np.zeros(recent.shape, np.float32)
@@ -93,13 +103,21 @@ def user_batch(inputs: UserInputs, catalog: ItemCatalog, config: TwoTowerConfig,
         country=torch.from_numpy(inputs.country),
         device=torch.from_numpy(inputs.device),
         hour_band=torch.from_numpy(inputs.hour_band),
-        recent_item=torch.from_numpy(recent_item),
+        recent_item=torch.from_numpy(recent_item.astype(np.int64)),
         recent_category=torch.from_numpy(recent_cat),
         recent_keep=torch.from_numpy(keep),
         recent_mask=torch.from_numpy(mask.astype(np.float32)),
         numeric=torch.from_numpy(inputs.numeric),
         id_keep=torch.from_numpy(np.asarray(trained_users, dtype=np.float32)),
     )
+
+
+def _id_rows(trained_items: np.ndarray) -> np.ndarray:
+    rows = np.asarray(trained_items)
+    if not np.issubdtype(rows.dtype, np.integer):  # a bool mask (the format before item_id_rows) would pass silently
+        raise TypeError(f"trained_items must be int64 id-embedding rows per catalog row (retrieval.inputs.item_id_rows), "
+                        f"got dtype {rows.dtype}")
+    return rows
 
 
 class TwoTowerModel(nn.Module):

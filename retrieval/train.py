@@ -28,9 +28,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from features.contract import EVENT_TYPES
 from retrieval.config import RetrievalConfig
 from retrieval.errors import ModelFitError
-from retrieval.inputs import DAY_US, Examples, ItemCatalog, UserHistory, build_examples
+from retrieval.inputs import (
+    DAY_US,
+    Examples,
+    ItemCatalog,
+    UserHistory,
+    build_examples,
+    item_id_rows,
+)
 from retrieval.logs import EventLog
 from retrieval.model import TwoTowerModel, item_batch, user_batch
 
@@ -55,7 +63,10 @@ class EpochStats:
 @dataclass(frozen=True)
 class TrainingWindow:
     """Examples come from ``[train_start_us, validation_start_us)``; early stopping watches
-    ``[validation_start_us, train_end_us)``; nothing at or after ``train_end_us`` is read."""
+    ``[validation_start_us, train_end_us)``; nothing at or after ``train_end_us`` is read.
+
+    With ``validation_split="last"`` the validation events are held out by user instead (each sampled
+    user's last positive) and ``validation_start_us == train_end_us``."""
 
     train_start_us: int
     validation_start_us: int
@@ -165,29 +176,38 @@ def train_two_tower(log: EventLog, config: RetrievalConfig, *, train_end_us: int
     tc, mc = config.training, config.model
     first_us, _ = log.time_range_us
     start = first_us if train_start_us is None else int(train_start_us)
-    val_start = int(train_end_us - tc.validation_days * DAY_US)
-    if val_start <= start:
-        raise ValueError(f"train_end_us leaves no training window before the {tc.validation_days} validation days "
-                         f"(train_start_us={start}, train_end_us={train_end_us})")
     catalog = ItemCatalog.from_log(log, mc)
     history = UserHistory(log, catalog, mc, end_us=train_end_us)
-    train = build_examples(log, history, start_us=start, end_us=val_start, positive_types=tc.positive_types,
-                           purchase_weight=tc.purchase_weight)
+    build = dict(positive_types=tc.positive_types, purchase_weight=tc.purchase_weight)
+    if tc.validation_split == "last":
+        val_start = int(train_end_us)
+        held_out = _last_positive_rows(log, history, catalog, config, start_us=start, end_us=val_start)
+        train = build_examples(log, history, start_us=start, end_us=val_start, events=~held_out, **build)
+        val = build_examples(log, history, start_us=start, end_us=val_start, events=held_out, **build)
+        if len(val) == 0:
+            raise ValueError("validation_split='last' needs users with at least two positive events before "
+                             f"train_end_us={train_end_us}; none has")
+    else:
+        val_start = int(train_end_us - tc.validation_days * DAY_US)
+        if val_start <= start:
+            raise ValueError(f"train_end_us leaves no training window before the {tc.validation_days} validation "
+                             f"days (train_start_us={start}, train_end_us={train_end_us})")
+        train = build_examples(log, history, start_us=start, end_us=val_start, **build)
+        val = build_examples(log, history, start_us=val_start, end_us=train_end_us, **build)
+        if len(val) == 0:
+            raise ValueError(f"the validation window [{val_start}, {train_end_us}) holds no positive events")
     if len(train) < 2:
         raise ValueError(f"the training window [{start}, {val_start}) holds {len(train)} positive events; need >= 2")
-    val = build_examples(log, history, start_us=val_start, end_us=train_end_us, positive_types=tc.positive_types,
-                         purchase_weight=tc.purchase_weight)
-    if len(val) == 0:
-        raise ValueError(f"the validation window [{val_start}, {train_end_us}) holds no positive events")
 
     counts = np.bincount(train.item_row, minlength=len(catalog)).astype(np.float64)
-    # Only items with enough examples get an id embedding; sparser ones are content-only in
-    # training and at serving alike, so both kinds of item vectors live in one space.
-    trained_items = counts >= mc.min_item_examples
-    trained_user_codes = np.unique(train.user_codes)
-    log_q = np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32)
     imp = log.impressions
     shown = catalog.rows(imp.loc[(imp["ts_us"] >= start) & (imp["ts_us"] < val_start), "item_id"].to_numpy())
+    learnable = _learnable_items(counts, shown, catalog, mc)
+    # Only items with enough interactions get an id embedding, each its own row; sparser ones are
+    # content-only in training and at serving alike, so both kinds of item vectors live in one space.
+    trained_items = item_id_rows(catalog.item_ids, catalog.item_ids[learnable])
+    trained_user_codes = np.unique(train.user_codes)
+    log_q = np.log(np.maximum(counts, 1.0) / counts.sum()).astype(np.float32)
     exposure = np.bincount(shown[shown >= 0], minlength=len(catalog)).astype(np.float64) + 1.0
     log_e = np.log(exposure / exposure.sum()).astype(np.float32)
     if tc.validation_positives == "off_feed":
@@ -204,7 +224,8 @@ def train_two_tower(log: EventLog, config: RetrievalConfig, *, train_end_us: int
         dense = torch.optim.Adam(model.dense_parameters(), lr=tc.learning_rate, weight_decay=tc.weight_decay)
         sparse = torch.optim.SparseAdam(model.sparse_parameters(), lr=tc.learning_rate)
         validator = _Validator(val, history, catalog, val_start, tc.early_stopping_k, tc.max_validation_users,
-                               trained_user_codes, np.random.default_rng([tc.seed, 2]))
+                               trained_user_codes, np.random.default_rng([tc.seed, 2]),
+                               per_event_time=tc.validation_split == "last")
         trained_user = np.isin(train.user_codes, trained_user_codes)
         best, best_state, best_epoch, stale, epochs = -1.0, None, 0, 0, []
         for epoch in range(1, tc.max_epochs + 1):
@@ -248,7 +269,7 @@ def train_two_tower(log: EventLog, config: RetrievalConfig, *, train_end_us: int
         model.eval()
     return FittedTwoTower(
         config=config, model=model, catalog=catalog, history=history,
-        trained_item_ids=catalog.item_ids[trained_items],
+        trained_item_ids=catalog.item_ids[learnable],
         trained_user_ids=history.user_ids[trained_user_codes],
         window=TrainingWindow(train_start_us=start, validation_start_us=val_start, train_end_us=int(train_end_us)),
         epochs=tuple(epochs), best_epoch=best_epoch, validation_recall=best, n_examples=len(train))
@@ -297,6 +318,49 @@ def _batch_loss(model: TwoTowerModel, ex: Examples, idx: np.ndarray, catalog: It
     return (per_example * weight).sum() / total_weight, total_weight
 
 
+def _learnable_items(positives: np.ndarray, shown: np.ndarray, catalog: ItemCatalog, config) -> np.ndarray:
+    """Items (bool per catalog row) with at least ``min_item_examples`` training interactions: positives,
+    plus the user's own page views where impressions are pooled into the history (``history_impressions``);
+    at most ``item_buckets`` of them (the most interacted), one id-embedding row each."""
+    interactions = positives.copy()
+    if config.history_impressions:
+        interactions += np.bincount(shown[shown >= 0], minlength=len(catalog))
+    learnable = interactions >= config.min_item_examples
+    if learnable.sum() > config.item_buckets:
+        logger.warning("%d items have >= %d interactions but item_buckets is %d: only the %d most interacted get an "
+                       "own vector (raise model.item_buckets)", learnable.sum(), config.min_item_examples,
+                       config.item_buckets, config.item_buckets)
+        top = np.argsort(-interactions, kind="stable")[:config.item_buckets]
+        learnable = np.zeros(len(catalog), dtype=bool)
+        learnable[top] = True
+    return learnable
+
+
+def _last_positive_rows(log: EventLog, history: UserHistory, catalog: ItemCatalog, config: RetrievalConfig, *,
+                        start_us: int, end_us: int) -> np.ndarray:
+    """Rows of ``log.events`` held out by leave-last-out validation: the last positive event (latest
+    time, then latest row) in ``[start_us, end_us)`` of up to ``max_validation_users`` seeded users
+    with at least two such events."""
+    tc = config.training
+    ev = log.events
+    ts = ev["ts_us"].to_numpy()
+    codes = history.user_codes(ev["user_id"].to_numpy())
+    positive = ((ts >= start_us) & (ts < end_us) & (codes >= 0) & (catalog.rows(ev["item_id"].to_numpy()) >= 0)
+                & np.isin(ev["type"].to_numpy(), [EVENT_TYPES.index(t) for t in tc.positive_types]))
+    rows = np.flatnonzero(positive)
+    order = rows[np.lexsort((rows, ts[rows], codes[rows]))]  # by user, then time, then row
+    user = codes[order]
+    last = np.r_[user[1:] != user[:-1], True]
+    counts = np.bincount(user, minlength=len(history.user_ids))
+    eligible = last & (counts[user] >= 2)
+    chosen = order[eligible]
+    if len(chosen) > tc.max_validation_users:
+        chosen = np.sort(np.random.default_rng([tc.seed, 3]).choice(chosen, tc.max_validation_users, replace=False))
+    held_out = np.zeros(len(ev), dtype=bool)
+    held_out[chosen] = True
+    return held_out
+
+
 def _subset(ex: Examples, mask: np.ndarray) -> Examples:
     idx = np.flatnonzero(mask)
     return Examples(user=ex.user.take(idx), item_row=ex.item_row[idx], ts_us=ex.ts_us[idx], weight=ex.weight[idx],
@@ -314,11 +378,17 @@ class _Validator:
     """Recall@K of held-out positives by exact search over the items listed before the validation start."""
 
     def __init__(self, val: Examples, history: UserHistory, catalog: ItemCatalog, as_of_us: int, k: int,
-                 max_users: int, trained_user_codes: np.ndarray, rng: np.random.Generator) -> None:
+                 max_users: int, trained_user_codes: np.ndarray, rng: np.random.Generator, *,
+                 per_event_time: bool = False) -> None:
         users = np.unique(val.user_codes)
         if len(users) > max_users:
             users = np.sort(rng.choice(users, max_users, replace=False))
-        self.inputs = history.inputs_at(users, np.full(len(users), as_of_us, dtype=np.int64))
+        if per_event_time:  # leave-last-out: each user as of (strictly before) their held-out event
+            first = np.searchsorted(val.user_codes[np.argsort(val.user_codes, kind="stable")], users)
+            times = val.ts_us[np.argsort(val.user_codes, kind="stable")][first]
+        else:
+            times = np.full(len(users), as_of_us, dtype=np.int64)
+        self.inputs = history.inputs_at(users, times)
         self.trained_users = np.isin(users, trained_user_codes)
         self.catalog, self.as_of_us = catalog, as_of_us
         self.rows = np.flatnonzero(catalog.item_created_us < as_of_us)

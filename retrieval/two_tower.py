@@ -20,14 +20,14 @@ import torch
 
 from retrieval.config import RetrievalConfig
 from retrieval.index import ItemIndex
-from retrieval.inputs import ItemCatalog, UserHistory, UserState
+from retrieval.inputs import ItemCatalog, UserHistory, UserState, item_id_rows
 from retrieval.logs import EventLog
 from retrieval.model import TwoTowerModel, user_batch
 from retrieval.popularity import SegmentPopularity
 from retrieval.retriever import RequestContext, Retriever, _Requests
 from retrieval.train import FittedTwoTower, embed_items, torch_settings
 
-__all__ = ["TwoTowerRetriever"]
+__all__ = ["TwoTowerRetriever", "catalog_is_content_less"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,12 @@ class TwoTowerRetriever(Retriever):
         self.trained_item_ids = np.asarray(trained_item_ids, dtype=np.int64)
         self.trained_user_ids = np.asarray(trained_user_ids, dtype=np.int64)
         self.metadata = dict(metadata or {})
-        self._trained_items = np.isin(catalog.item_ids, self.trained_item_ids)
+        self._trained_items = item_id_rows(catalog.item_ids, self.trained_item_ids)
+        # In a catalog without item content (one category, one seller, one price band) the items
+        # without an own vector would all get one shared vector: they are left out of the search and
+        # reached through the popularity fallback instead, after the model's candidates.
+        self.content_less = catalog_is_content_less(catalog)
+        self._searchable = self._eligible & ((self._trained_items >= 0) | (not self.content_less))
 
     @classmethod
     def from_fitted(cls, fitted: FittedTwoTower, log: EventLog, *, as_of_us: int | None = None,
@@ -90,7 +95,7 @@ class TwoTowerRetriever(Retriever):
         users = history.state_at(as_of)
         popularity = SegmentPopularity.fit(log, devices=history.devices, hour_bands=config.model.hour_bands,
                                            config=config.serving, end_us=as_of)
-        trained = np.isin(fitted.catalog.item_ids, fitted.trained_item_ids)
+        trained = item_id_rows(fitted.catalog.item_ids, fitted.trained_item_ids)
         with torch_settings(config.training.num_threads):
             vectors = embed_items(fitted.model, fitted.catalog, as_of, trained)
         index = ItemIndex.build(vectors, config.index, kind=index_kind, seed=config.training.seed)
@@ -109,6 +114,12 @@ class TwoTowerRetriever(Retriever):
                    popularity=popularity, users=users, config=config, trained_item_ids=fitted.trained_item_ids,
                    trained_user_ids=fitted.trained_user_ids, metadata=metadata)._calibrate_index()
 
+    @property
+    def searchable(self) -> np.ndarray:
+        """Catalog rows the index search may return (bool per row): in stock, and with an own vector
+        in a content-less catalog."""
+        return self._searchable
+
     def with_index(self, index: ItemIndex) -> TwoTowerRetriever:
         """The same retriever searching ``index`` (e.g. exact search, for comparison)."""
         return TwoTowerRetriever(model=self.model, catalog=self.catalog, item_vectors=self.item_vectors, index=index,
@@ -118,7 +129,7 @@ class TwoTowerRetriever(Retriever):
 
     def with_catalog(self, catalog: ItemCatalog, *, as_of_us: int, index_kind: str | None = None) -> TwoTowerRetriever:
         """Re-embed a new catalog (new items get content-only vectors) and rebuild the index."""
-        trained = np.isin(catalog.item_ids, self.trained_item_ids)
+        trained = item_id_rows(catalog.item_ids, self.trained_item_ids)
         with torch_settings(self.retrieval_config.training.num_threads):
             vectors = embed_items(self.model, catalog, as_of_us, trained)
         index = ItemIndex.build(vectors, self.retrieval_config.index, kind=index_kind,
@@ -129,17 +140,19 @@ class TwoTowerRetriever(Retriever):
                                  metadata={**self.metadata, "as_of_us": int(as_of_us)})._calibrate_index()
 
     def _calibrate_index(self) -> TwoTowerRetriever:
-        """Raise an HNSW index's search beam until it finds ``index.target_recall`` of the exact
-        top K for a seeded sample of the snapshot's warm users (``IndexConfig.target_recall``);
-        the beam goes into this retriever's config (and so into its saved artifact)."""
+        """Make an approximate index find ``index.target_recall`` of the exact top K for a seeded
+        sample of the snapshot's warm users, or fall back to one that does (IVF, then exact search:
+        :meth:`~retrieval.index.ItemIndex.keep_promise`); the settings kept go into this retriever's
+        config (and so into its saved artifact), the measurements into ``metadata["index_calibration"]``."""
         cfg = self.retrieval_config
-        if self.index.kind != "hnsw" or cfg.index.target_recall <= 0:
+        if self.index.kind == "exact" or cfg.index.target_recall <= 0:
             return self
         ids = np.asarray(self.state.user_ids, dtype=np.int64)
         n = min(len(ids), cfg.index.calibration_queries)
         sample = np.sort(np.random.default_rng(cfg.training.seed).choice(ids, n, replace=False)) if n else ids
         vectors, warm = self.user_vectors(sample)
-        measured = self.index.calibrate(self.item_vectors, vectors[warm], cfg.serving.k)
+        self.index, measured = self.index.keep_promise(self.item_vectors, vectors[warm], cfg.serving.k,
+                                                       seed=cfg.training.seed, allowed=self._searchable)
         if measured:
             self.retrieval_config = dataclasses.replace(cfg, index=self.index.config)
             self.metadata["index_calibration"] = measured
@@ -177,7 +190,7 @@ class TwoTowerRetriever(Retriever):
         scores = np.zeros((n, n_fetch), dtype=np.float32)
         warm = np.flatnonzero(requests.warm)
         if len(warm):
-            found_scores, found_rows = self.index.search(requests.vectors[warm], n_fetch, allowed=self._eligible)
+            found_scores, found_rows = self.index.search(requests.vectors[warm], n_fetch, allowed=self._searchable)
             rows[warm], scores[warm] = found_rows, found_scores
         return rows, scores
 
@@ -185,7 +198,16 @@ class TwoTowerRetriever(Retriever):
         assert isinstance(requests, _TowerRequests)
         if not requests.warm[i]:
             return None
-        return self.item_vectors[rows] @ requests.vectors[i]
+        scores = self.item_vectors[rows] @ requests.vectors[i]
+        blind = ~self._searchable[rows]  # no vector of their own: popularity order, below the model's picks
+        scores[blind] = -2.0 - np.arange(int(blind.sum()), dtype=np.float32) / max(len(rows), 1)
+        return scores
+
+
+def catalog_is_content_less(catalog: ItemCatalog) -> bool:
+    """True when no item content tells items apart: one category, one seller and one price band."""
+    return all(len(np.unique(values)) <= 1 for values in (catalog.category_ids, catalog.seller_ids,
+                                                           catalog.price_band))
 
 
 def _inference(num_threads: int) -> torch.inference_mode:

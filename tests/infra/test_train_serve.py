@@ -43,6 +43,10 @@ def test_training_registers_a_challenger_bundle(trained):
     assert len(manifest.feature_list) > 20
     assert (root / "data" / "train" / "evaluation" / "report.md").exists()
     assert report.metrics["gate_difference_ci_high"] >= 0.0
+    # the default 7-day purchase label has no complete rows on a 4-day log: the job says so and uses 24 h
+    assert config.ranking.purchase_label == "purchased_7d"
+    assert report.steps["ranking"]["purchase_label"] == "purchased_24h"
+    assert "complete purchased_7d label" in report.steps["ranking"]["purchase_label_fallback"]
 
 
 def test_a_rerun_resumes_after_the_last_completed_step(trained, tmp_path):

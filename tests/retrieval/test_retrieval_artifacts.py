@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from retrieval import ArtifactError, RequestContext, load_two_tower, save_two_tower
+from retrieval.artifacts import FORMAT_VERSION
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_round_trip_gives_identical_recommendations(saved, small_retriever):
 
 def test_metadata_describes_the_model(saved, small_retriever):
     meta = json.loads((saved / "metadata.json").read_text())
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == FORMAT_VERSION
     assert meta["dims"]["embedding_dim"] == small_retriever.item_vectors.shape[1]
     assert meta["dims"]["n_items"] == len(small_retriever.catalog)
     assert meta["index"]["kind"] == "exact" and meta["index"]["params"]["hnsw_ef_search"] == 512
@@ -69,5 +70,5 @@ def test_broken_artifacts_raise_artifact_error(saved, tmp_path):
     meta = json.loads((saved / "metadata.json").read_text())
     meta["format_version"] = 99
     (broken / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ArtifactError, match="version 1"):
+    with pytest.raises(ArtifactError, match=f"version {FORMAT_VERSION}"):
         load_two_tower(broken)

@@ -101,3 +101,32 @@ def test_hnsw_calibration_raises_the_beam_until_the_target_recall():
     assert ItemIndex.build(x, config, kind="exact").calibrate(x, q, k) == {}
     untouched = ItemIndex.build(x, IndexConfig(hnsw_ef_search=64, target_recall=0.0), kind="hnsw")
     assert untouched.calibrate(x, q, k) == {} and untouched.config.hnsw_ef_search == 64
+
+
+def test_an_index_that_cannot_keep_the_target_recall_falls_back_and_says_so(caplog):
+    # Random 64-d directions and a graph of degree 2: HNSW cannot find 0.99 of the exact top 10
+    # within 8x its beam, so the builder falls back (IVF with a calibrated nprobe, or exact search).
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(20_000, 64))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    q = rng.normal(size=(100, 64)).astype(np.float32)
+    k = 10
+    config = IndexConfig(exact_threshold=0, hnsw_m=2, hnsw_ef_construction=8, hnsw_ef_search=1, target_recall=0.99,
+                         ivf_nprobe=1)
+    index = ItemIndex.build(x, config, kind="hnsw")
+    with caplog.at_level("WARNING", logger="retrieval.index"):
+        kept, record = index.keep_promise(x, q, k)
+    hnsw = [t for t in record["tried"] if t["kind"] == "hnsw"]
+    assert 1 <= len(hnsw) <= 7 and max(t["recall"] for t in hnsw) < 0.99
+    assert record["requested"] == "hnsw" and record["kind"] == kept.kind in ("ivf", "exact")
+    assert "hnsw reached recall" in record["fallback"] and "falling back" in caplog.text
+    exact = np.argsort(-(q @ x.T), axis=1)[:, :k]
+    recall = ann_recall_score(kept.search(q, k)[1], exact)
+    assert recall == pytest.approx(record["ann_recall"]) and recall >= 0.99
+    assert record["ms_per_query"] > 0 and record["exact_ms_per_query"] > 0
+    if kept.kind == "ivf":
+        assert kept.config.ivf_nprobe == record["nprobe"] and [t for t in record["tried"] if t["kind"] == "ivf"]
+    # an index that keeps the promise stays as it is, and an exact one is not measured at all
+    good = ItemIndex.build(x[:2_000], IndexConfig(exact_threshold=0, target_recall=0.5), kind="hnsw")
+    assert ItemIndex.build(x, config, kind="exact").keep_promise(x, q, k)[1] == {}
+    assert good.keep_promise(x[:2_000], q, k)[0].kind in ("hnsw", "ivf", "exact")
