@@ -69,8 +69,9 @@ def market(trained, tmp_path_factory, mlflow_template_db):
 def test_damaged_bundles_are_refused_at_registration_with_the_reason(market):
     _, registry, _, champion, bad = market
     for kind, component in KINDS.items():
-        with pytest.raises(BundleCheckError, match=component):
+        with pytest.raises(BundleCheckError, match=component) as err:
             registry.register_bundle(bad[kind])
+        print(f"\n{kind}: refused: {str(err.value)[:160]}")
     assert registry.aliases() == {"champion": champion}  # nothing was registered
 
 
@@ -127,6 +128,8 @@ def test_forced_bad_challengers_are_rejected_under_load_and_rolled_back(market):
         stop_gracefully(server, 1.0)
     assert failed == [] and len(served) > 0
     assert set(served) == {champion}
+    print(f"\nthree bad challengers under load: {len(served)} calls answered by champion {champion}, "
+          f"{len(failed)} failed; reloads_total{{outcome=failed}} = {len(versions)}")
     assert metrics.registry.get_sample_value("feedrank_reloads_total", {"outcome": "failed"}) == len(versions)
 
     # a fresh start while the rollout state names a bad challenger: the champion serves
