@@ -74,6 +74,12 @@ class _Slot:
     last_exit: int | None = None
     history: list[str] = field(default_factory=list)
 
+    def popen(self) -> subprocess.Popen:
+        """The process (started at least once)."""
+        if self.proc is None:
+            raise RuntimeError(f"serving process {self.index} was never started")
+        return self.proc
+
     @property
     def state(self) -> str:
         if self.restart_at is not None:
@@ -135,7 +141,7 @@ class Supervisor:
             slot.pipe = None
             if line:
                 slot.ready_at = time.monotonic()
-                logger.info("serving process %d (pid %d) is ready", slot.index, slot.proc.pid)
+                logger.info("serving process %d (pid %d) is ready", slot.index, slot.popen().pid)
                 self._write_status()
 
     def _start_in_order(self) -> bool:
@@ -145,8 +151,8 @@ class Supervisor:
             while slot.ready_at is None and not self.stop.is_set():
                 self._poll_ready([slot], 0.5)
                 if slot.ready_at is None and slot.pipe is None:  # exited before it was ready
-                    print(f"feedrank serve: serving process {slot.index} (pid {slot.proc.pid}) failed to start "
-                          f"(exit code {slot.proc.wait()}); stopping", file=sys.stderr)
+                    print(f"feedrank serve: serving process {slot.index} (pid {slot.popen().pid}) failed to start "
+                          f"(exit code {slot.popen().wait()}); stopping", file=sys.stderr)
                     return False
             if self.stop.is_set():
                 return False
@@ -154,7 +160,7 @@ class Supervisor:
 
     def _reap(self, slot: _Slot, now: float) -> None:
         """A process died: schedule its restart after the back-off; its siblings are untouched."""
-        code = slot.proc.wait()
+        code = slot.popen().wait()
         if slot.pipe is not None:
             slot.pipe.close()
             slot.pipe = None
@@ -166,7 +172,7 @@ class Supervisor:
         slot.history.append(f"exit {code} after {up:.1f} s")
         ready = sum(s.state == "ready" for s in self.slots)
         logger.error("serving process %d (pid %d) exited with %d after %.1f s (%d in a row); starting it again in "
-                     "%.1f s; %d of %d processes serve meanwhile", slot.index, slot.proc.pid, code, up,
+                     "%.1f s; %d of %d processes serve meanwhile", slot.index, slot.popen().pid, code, up,
                      slot.deaths_in_a_row, delay, ready, len(self.slots))
         self._write_status()
 
@@ -193,7 +199,7 @@ class Supervisor:
                 elif slot.restart_at is not None and now >= slot.restart_at and not self.stop.is_set():
                     slot.restarts += 1
                     self._spawn(slot)
-                    logger.warning("serving process %d restarted (pid %d, restart %d)", slot.index, slot.proc.pid,
+                    logger.warning("serving process %d restarted (pid %d, restart %d)", slot.index, slot.popen().pid,
                                    slot.restarts)
                     self._write_status()
 
@@ -210,7 +216,7 @@ class Supervisor:
                 where = (f"ports {self.cfg.port}-{self.cfg.port + self.cfg.processes - 1} (one each)"
                          if self.cfg.port_per_process else f"{self.cfg.host}:{self.cfg.port}")
                 print(f"serving on {where} with {self.cfg.processes} processes "
-                      f"(pids {', '.join(str(s.proc.pid) for s in self.slots)}); Ctrl-C stops", flush=True)
+                      f"(pids {', '.join(str(s.popen().pid) for s in self.slots)}); Ctrl-C stops", flush=True)
                 self._loop()
         finally:
             procs = [s.proc for s in self.slots if s.proc is not None]
