@@ -98,7 +98,7 @@ def test_failing_online_store_takes_the_snapshot_fallback(feast_store):
     assert users.user_rows(7) == (fallback.snapshot_row(7), None, ("online_store",))
 
 
-def test_a_locked_then_missing_store_costs_no_call_and_reads_resume(feast_store, snapshot):
+def test_a_locked_then_missing_store_costs_no_call_and_reads_resume(feast_store, snapshot, caplog):
     """Over real gRPC: an exclusive lock on the SQLite file, then the file gone and restored."""
     import os
     import sqlite3
@@ -176,3 +176,5 @@ def test_a_locked_then_missing_store_costs_no_call_and_reads_resume(feast_store,
         stop_gracefully(srv, 1.0)
     assert failed == [] and len(served) > 50
     assert slowest[0] < 1.0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "serving.features"]
+    assert len(warnings) <= 6, warnings  # one line per distinct error a minute, not one per failed read
