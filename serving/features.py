@@ -102,12 +102,13 @@ class FeastUserFeatures:
     building around it. Any other store object is called through ``get_online_features``.
 
     A store that is locked, missing or broken must cost a request no more than its budget:
-    reads run on one reader thread and the request waits ``timeout_seconds`` at most. After a
-    failed or late read the store is left alone for a back-off (0.25 s, doubling to 2 s; every
-    request meanwhile takes the fallback at once, counted as ``online_store``), and while a read
-    is still stuck no other is started. A failed read drops the online store's connection, so
-    the next one re-opens it (a replaced SQLite file is read again without a restart). Repeated
-    identical errors are logged once per minute with their count.
+    reads run on one reader thread and the request waits ``timeout_seconds`` at most. While a
+    late read is still running no other is started (those requests take the fallback at once);
+    after a failed read (at once, or late) the store is left alone for a back-off (0.25 s,
+    doubling to 2 s, reset by a good read; every request meanwhile takes the fallback, counted
+    as ``online_store``). A failed read drops the online store's connection, so the next one
+    re-opens it (a replaced SQLite file is read again without a restart). Repeated identical
+    errors are logged once per minute with their count.
     """
 
     def __init__(self, store: Any, *, snapshot_refs: list[str], realtime_refs: list[str],
@@ -147,25 +148,35 @@ class FeastUserFeatures:
             future = self._pool.submit(self._read, user_id)
         try:
             got = future.result(timeout=self.timeout_seconds)
-        except FutureTimeout:
-            self._failed(future, f"online store read took more than {1000 * self.timeout_seconds:g} ms", None)
+        except FutureTimeout:  # late: no other read starts until it ends; if it then fails, the store backs off
+            with self._lock:
+                self._busy = future
+            future.add_done_callback(self._late_read_done)
+            self._errors.warning(f"online store read took more than {1000 * self.timeout_seconds:g} ms",
+                                 "; the bundle snapshot serves user rows meanwhile")
             return None
         except Exception as exc:  # any failure of the online store takes the defined fallback
-            self._failed(None, f"online store read failed: {type(exc).__name__}: {exc}", exc)
+            self._failed(exc)
             return None
         with self._lock:
             self._backoff = _BACKOFF_MIN_SECONDS
         return got
 
-    def _failed(self, stuck: Future | None, message: str, exc: BaseException | None) -> None:
+    def _late_read_done(self, future: Future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Back off (doubling), drop the connection and log (rate-limited) after a failed read."""
         with self._lock:
-            self._busy = stuck
             self._closed_until = time.monotonic() + self._backoff
             backoff, self._backoff = self._backoff, min(2 * self._backoff, _BACKOFF_MAX_SECONDS)
-        if self._reader is not None and exc is not None:
+        if self._reader is not None:
             self._reader.reconnect()
-        self._errors.warning(message, f"; the bundle snapshot serves user rows, the store is asked again in "
-                                      f"{backoff:g} s", exc=exc)
+        self._errors.warning(f"online store read failed: {type(exc).__name__}: {exc}",
+                             f"; the bundle snapshot serves user rows, the store is asked again in {backoff:g} s",
+                             exc=exc)
 
     def user_rows(self, user_id: int) -> UserRows:
         got = self._read_in_time(user_id)
