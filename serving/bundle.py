@@ -27,8 +27,15 @@ copied into it (a few MB), which keeps every version self-contained and reproduc
       "data_window": {"start": "2026-01-05T00:00:00Z", "end": "2026-01-12T00:00:00Z"},
       "created_at": "2026-01-12T03:14:00Z",
       "metrics": {"ndcg_at_10": 0.41, ...},                   # offline evaluation, optional
-      "metadata": {"ranker_trees": 300, ...}                  # free-form scalars, optional
+      "metadata": {"ranker_trees": 300, ...},                 # free-form scalars, optional
+      "files": {"ranking/ranker.txt": "9f86d08...", ...}      # SHA-256 of every other file
     }
+
+``files`` is written at registration (:func:`with_file_checksums`); a serving process checks
+every file against it (:func:`verify_files`) before it loads anything from the bundle, so a
+truncated model or a swapped shared library is refused before LightGBM parses it or ``dlopen``
+maps it. The registry also tags each version with :func:`files_digest` of that mapping, so a
+rewritten ``bundle.json`` does not pass either.
 
 The components ``retrieval``, ``ranker`` and ``purchase_model`` are required; others (e.g. a
 compiled ranker, a calibrator kept apart) may be added. This module uses only the standard
@@ -37,6 +44,8 @@ library, so a serving process can read a downloaded bundle without MLflow.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -49,15 +58,22 @@ from typing import Any
 __all__ = [
     "BUNDLE_FORMAT_VERSION",
     "MANIFEST_NAME",
+    "MARKER_PREFIX",
     "REQUIRED_COMPONENTS",
     "BundleError",
     "BundleManifest",
     "DataWindow",
+    "file_sha256",
+    "files_digest",
     "read_bundle_manifest",
+    "verify_files",
+    "with_file_checksums",
     "write_bundle_manifest",
 ]
 
 MANIFEST_NAME = "bundle.json"
+#: Files at a bundle's top whose name starts with this are bookkeeping (download and check markers), not content.
+MARKER_PREFIX = ".feedrank-"
 BUNDLE_FORMAT_VERSION = 1
 REQUIRED_COMPONENTS: tuple[str, ...] = ("retrieval", "ranker", "purchase_model")
 
@@ -111,6 +127,9 @@ class BundleManifest:
         Free-form facts about the bundle (sizes, hyper-parameters).
     format_version : int
         Always :data:`BUNDLE_FORMAT_VERSION` for bundles written by this code.
+    files : mapping of str to str, optional
+        Path relative to the bundle (POSIX) -> SHA-256 hex digest, for every file but
+        ``bundle.json``; empty until the bundle is registered.
     """
 
     components: Mapping[str, str]
@@ -120,6 +139,7 @@ class BundleManifest:
     metrics: Mapping[str, float] = field(default_factory=dict)
     metadata: Mapping[str, str | int | float | bool] = field(default_factory=dict)
     format_version: int = BUNDLE_FORMAT_VERSION
+    files: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.format_version != BUNDLE_FORMAT_VERSION:
@@ -142,6 +162,12 @@ class BundleManifest:
         for key, meta in self.metadata.items():
             if not isinstance(meta, str | int | float | bool):
                 raise BundleError(f"metadata[{key!r}] must be a string, number or bool, got {meta!r}")
+        for rel, digest in self.files.items():
+            p = PurePosixPath(rel) if isinstance(rel, str) else None
+            if p is None or not rel or p.is_absolute() or ".." in p.parts or rel == MANIFEST_NAME:
+                raise BundleError(f"files must map paths inside the bundle (not {MANIFEST_NAME}), got {rel!r}")
+            if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+                raise BundleError(f"files[{rel!r}] must be a SHA-256 hex digest, got {digest!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +178,7 @@ class BundleManifest:
             "created_at": self.created_at,
             "metrics": dict(self.metrics),
             "metadata": dict(self.metadata),
+            **({"files": dict(self.files)} if self.files else {}),
         }
 
     @classmethod
@@ -159,7 +186,8 @@ class BundleManifest:
         """Build from the JSON mapping; raises :class:`BundleError` naming the bad field."""
         if not isinstance(data, Mapping):
             raise BundleError(f"{MANIFEST_NAME} must hold a JSON object, got {type(data).__name__}")
-        known = {"format_version", "components", "feature_list", "data_window", "created_at", "metrics", "metadata"}
+        known = {"format_version", "components", "feature_list", "data_window", "created_at", "metrics", "metadata",
+                 "files"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise BundleError(f"{MANIFEST_NAME}: unknown keys {unknown} (known: {sorted(known)})")
@@ -175,7 +203,7 @@ class BundleManifest:
         features = data["feature_list"]
         if not isinstance(features, list):
             raise BundleError(f"feature_list must be a list, got {type(features).__name__}")
-        for key in ("metrics", "metadata"):
+        for key in ("metrics", "metadata", "files"):
             if not isinstance(data.get(key, {}), Mapping):
                 raise BundleError(f"{key} must be an object, got {data[key]!r}")
         return cls(
@@ -186,6 +214,7 @@ class BundleManifest:
             metrics=dict(data.get("metrics", {})),
             metadata=dict(data.get("metadata", {})),
             format_version=data.get("format_version", BUNDLE_FORMAT_VERSION),
+            files=dict(data.get("files", {})),
         )
 
     def times(self) -> tuple[datetime, datetime]:
@@ -234,3 +263,65 @@ def write_bundle_manifest(bundle_dir: str | os.PathLike[str], manifest: BundleMa
     tmp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _bundle_files(root: Path) -> list[str]:
+    """Every regular file under ``root`` but the manifest and the markers a download or a check
+    leaves (``.feedrank-*`` at the top), as POSIX paths."""
+    out = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and rel.as_posix() != MANIFEST_NAME and not (
+                len(rel.parts) == 1 and rel.name.startswith(MARKER_PREFIX)):
+            out.append(rel.as_posix())
+    return out
+
+
+def with_file_checksums(bundle_dir: str | os.PathLike[str]) -> BundleManifest:
+    """Record the SHA-256 of every file of the bundle in its ``bundle.json``; return the new manifest."""
+    root = Path(bundle_dir)
+    manifest = read_bundle_manifest(root)
+    files = {rel: file_sha256(root / rel) for rel in _bundle_files(root)}
+    updated = dataclasses.replace(manifest, files=files)
+    write_bundle_manifest(root, updated)
+    return updated
+
+
+def files_digest(files: Mapping[str, str]) -> str:
+    """One SHA-256 over a ``files`` mapping (sorted ``path digest`` lines): what the registry tags."""
+    lines = "".join(f"{rel} {files[rel]}\n" for rel in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def verify_files(bundle_dir: str | os.PathLike[str], manifest: BundleManifest) -> None:
+    """Check every file of the bundle against ``manifest.files``: same set of files, same SHA-256.
+
+    Raises
+    ------
+    BundleError
+        If the manifest records no checksums, or a file is missing, added or changed (named).
+    """
+    root = Path(bundle_dir)
+    if not manifest.files:
+        raise BundleError(f"{root / MANIFEST_NAME} records no file checksums: register the bundle "
+                          "(FeedRegistry.register_bundle) before serving it")
+    present = set(_bundle_files(root))
+    missing = sorted(set(manifest.files) - present)
+    extra = sorted(present - set(manifest.files))
+    if missing or extra:
+        raise BundleError(f"bundle {root} does not hold the registered files: missing {missing[:5]}, "
+                          f"not registered {extra[:5]}")
+    for rel in sorted(manifest.files):
+        actual = file_sha256(root / rel)
+        if actual != manifest.files[rel]:
+            raise BundleError(f"{rel} in {root} has SHA-256 {actual[:16]}..., registered "
+                              f"{manifest.files[rel][:16]}...: the file was changed or damaged")

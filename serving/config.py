@@ -59,6 +59,9 @@ class ServingConfig:
         connections unevenly (8 over 2 processes: 4/4 only 27% of the time), and the calls of
         the busier process wait in a longer queue (docs/serving.md, "One process per core").
     grace_seconds : how long shutdown waits for in-flight calls.
+    online_read_timeout_ms : how long a request waits for the user's online-store row before it
+        takes the bundle snapshot's (a read takes ~0.2-0.5 ms; a locked or stuck store must not
+        hold the ranking slot, :class:`serving.features.FeastUserFeatures`).
     metrics_port : Prometheus HTTP port on ``host`` (0 disables).
     admin_token_env : environment variable holding the bearer token admin calls need
         (unset or empty: admin calls are open, which is only sensible on loopback).
@@ -77,6 +80,7 @@ class ServingConfig:
     processes: int = 1
     port_per_process: bool = False
     grace_seconds: float = 5.0
+    online_read_timeout_ms: float = 25.0
     metrics_port: int = 0
     admin_token_env: str = "FEEDRANK_ADMIN_TOKEN"
     tls_cert_file: str = ""
@@ -101,6 +105,7 @@ class ServingConfig:
         check(self.grace_seconds >= 0, "grace_seconds", ">= 0", self.grace_seconds)
         check(0.0 <= self.feature_sample_share <= 1.0, "feature_sample_share", "in [0, 1]",
               self.feature_sample_share)
+        check(self.online_read_timeout_ms > 0, "online_read_timeout_ms", "> 0", self.online_read_timeout_ms)
         check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_key_file",
               "set together with tls_cert_file", self.tls_key_file)
         check(len(self.rollout_salt.encode()) in range(1, 65), "rollout_salt", "1-64 bytes", self.rollout_salt)

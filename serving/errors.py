@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["ServingError", "InvalidArgument", "DeadlineExceeded", "Unauthenticated", "ModelUnavailable"]
+__all__ = ["ServingError", "InvalidArgument", "DeadlineExceeded", "Unauthenticated", "ModelUnavailable",
+           "ReloadFailed"]
 
 
 class ServingError(Exception):
@@ -28,3 +29,7 @@ class Unauthenticated(ServingError):
 
 class ModelUnavailable(ServingError):
     """No model could be loaded for an arm (and no previous version to fall back to)."""
+
+
+class ReloadFailed(ServingError):
+    """A reload could not load every version it was asked for; what did load serves (the message says what not)."""

@@ -15,6 +15,10 @@ snapshot (``online_store`` in the response's fallbacks); a user unknown to both 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,9 +32,14 @@ from features.derived import (
     device_code,
 )
 
-__all__ = ["FeastUserFeatures", "FeatureAssembler", "SnapshotUserFeatures", "UserFeatureSource", "UserRows"]
+__all__ = ["FeastUserFeatures", "FeatureAssembler", "RateLimitedLog", "SnapshotUserFeatures", "UserFeatureSource",
+           "UserRows"]
 
 logger = logging.getLogger(__name__)
+
+# Back-off of the online store after a failed or late read: doubles from the first to the second.
+_BACKOFF_MIN_SECONDS = 0.25
+_BACKOFF_MAX_SECONDS = 2.0
 
 UserRows = tuple[dict[str, Any] | None, dict[str, Any] | None, tuple[str, ...]]
 
@@ -61,6 +70,10 @@ class SnapshotUserFeatures:
     def columns(self) -> list[str]:
         return list(self._columns)
 
+    def user_ids(self) -> np.ndarray:
+        """The users the table holds, shape (n,), int64."""
+        return np.fromiter(self._rows, dtype=np.int64, count=len(self._rows))
+
     def snapshot_row(self, user_id: int) -> dict[str, Any] | None:
         values = self._rows.get(int(user_id))
         return None if values is None else dict(zip(self._columns, values.tolist(), strict=True))
@@ -80,22 +93,43 @@ class FeastUserFeatures:
     realtime_refs : list of str
         Feature references of the real-time (push source) view; may be empty.
     fallback : SnapshotUserFeatures
+    timeout_seconds : float, default 0.025
+        How long a request waits for its online read before it takes the snapshot fallback.
 
     A real :class:`feast.FeatureStore` is read through its online store's ``online_read``
     (:class:`_OnlineReader`), the call ``get_online_features`` makes once per feature view:
     the same rows and values, without ~0.9 ms per request of request planning and response
     building around it. Any other store object is called through ``get_online_features``.
+
+    A store that is locked, missing or broken must cost a request no more than its budget:
+    reads run on one reader thread and the request waits ``timeout_seconds`` at most. While a
+    late read is still running no other is started (those requests take the fallback at once);
+    after a failed read (at once, or late) the store is left alone for a back-off (0.25 s,
+    doubling to 2 s, reset by a good read; every request meanwhile takes the fallback, counted
+    as ``online_store``). A failed read drops the online store's connection, so the next one
+    re-opens it (a replaced SQLite file is read again without a restart). Repeated identical
+    errors are logged once per minute with their count.
     """
 
     def __init__(self, store: Any, *, snapshot_refs: list[str], realtime_refs: list[str],
-                 fallback: SnapshotUserFeatures) -> None:
+                 fallback: SnapshotUserFeatures, timeout_seconds: float = 0.025) -> None:
+        if not timeout_seconds > 0:
+            raise ValueError(f"timeout_seconds must be > 0, got {timeout_seconds!r}")
         self.store = store
         self.snapshot_refs = snapshot_refs
         self.realtime_refs = realtime_refs
         self.fallback = fallback
+        self.timeout_seconds = float(timeout_seconds)
         self._snapshot_names = [ref.split(":", 1)[1] for ref in snapshot_refs]
         self._realtime_names = [ref.split(":", 1)[1] for ref in realtime_refs]
-        self._reader = _OnlineReader.create(store, snapshot_refs + realtime_refs)
+        self._reader = _OnlineReader.create(store, snapshot_refs + realtime_refs,
+                                            busy_timeout_ms=max(1, round(1000 * self.timeout_seconds)))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="online-store")
+        self._lock = threading.Lock()
+        self._busy: Future | None = None  # a read still running after its caller gave up on it
+        self._closed_until = 0.0  # monotonic time before which the store is not asked
+        self._backoff = _BACKOFF_MIN_SECONDS
+        self._errors = RateLimitedLog(logger, interval_seconds=60.0)
 
     def _read(self, user_id: int) -> dict[str, Any]:
         """Feature name -> value (None where the store holds none) for every reference."""
@@ -105,12 +139,48 @@ class FeastUserFeatures:
                                              entity_rows=[{"user_id": int(user_id)}]).to_dict()
         return {name: got[name][0] for name in (*self._snapshot_names, *self._realtime_names)}
 
-    def user_rows(self, user_id: int) -> UserRows:
+    def _read_in_time(self, user_id: int) -> dict[str, Any] | None:
+        """The store's row, or None when the store is backing off, busy, failing or late (logged)."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._closed_until or (self._busy is not None and not self._busy.done()):
+                return None
+            future = self._pool.submit(self._read, user_id)
         try:
-            got = self._read(user_id)
-        except Exception:  # any failure of the online store takes the defined fallback
-            logger.warning("online store read failed for user %s; using the bundle snapshot", user_id,
-                           exc_info=True)
+            got = future.result(timeout=self.timeout_seconds)
+        except FutureTimeout:  # late: no other read starts until it ends; if it then fails, the store backs off
+            with self._lock:
+                self._busy = future
+            future.add_done_callback(self._late_read_done)
+            self._errors.warning(f"online store read took more than {1000 * self.timeout_seconds:g} ms",
+                                 "; the bundle snapshot serves user rows meanwhile")
+            return None
+        except Exception as exc:  # any failure of the online store takes the defined fallback
+            self._failed(exc)
+            return None
+        with self._lock:
+            self._backoff = _BACKOFF_MIN_SECONDS
+        return got
+
+    def _late_read_done(self, future: Future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        """Back off (doubling), drop the connection and log (rate-limited) after a failed read."""
+        with self._lock:
+            self._closed_until = time.monotonic() + self._backoff
+            backoff, self._backoff = self._backoff, min(2 * self._backoff, _BACKOFF_MAX_SECONDS)
+        if self._reader is not None:
+            self._reader.reconnect()
+        self._errors.warning(f"online store read failed: {type(exc).__name__}: {exc}",
+                             f"; the bundle snapshot serves user rows, the store is asked again in {backoff:g} s",
+                             exc=exc)
+
+    def user_rows(self, user_id: int) -> UserRows:
+        got = self._read_in_time(user_id)
+        if got is None:
             return self.fallback.snapshot_row(user_id), None, ("online_store",)
         snap = {name: got[name] for name in self._snapshot_names}
         rt = {name: got[name] for name in self._realtime_names}
@@ -119,6 +189,38 @@ class FeastUserFeatures:
         if snap_row is None:  # not materialized online (yet): the snapshot may still know the user
             snap_row = self.fallback.snapshot_row(user_id)
         return snap_row, rt_row, ()
+
+
+class RateLimitedLog:
+    """Logs a message the first time, then the same message at most once per ``interval_seconds``
+    with how many times it recurred: a failing dependency must not fill the disk with tracebacks.
+
+    Parameters
+    ----------
+    log : logging.Logger
+    interval_seconds : float
+    """
+
+    def __init__(self, log: logging.Logger, *, interval_seconds: float) -> None:
+        self._log = log
+        self._interval = interval_seconds
+        self._seen: dict[str, tuple[float, int]] = {}  # message -> (time last logged, repeats since)
+        self._lock = threading.Lock()
+
+    def warning(self, message: str, suffix: str = "", *, exc: BaseException | None = None) -> bool:
+        """Log ``message + suffix`` (the traceback of ``exc`` the first time) unless ``message`` was
+        logged less than ``interval_seconds`` ago; True if it was logged."""
+        now = time.monotonic()
+        with self._lock:
+            last, repeats = self._seen.get(message, (None, 0))
+            if last is not None and now - last < self._interval:
+                self._seen[message] = (last, repeats + 1)
+                return False
+            self._seen[message] = (now, 0)
+        again = f" ({repeats} more times in the last {now - last:.0f} s)" if last is not None else ""
+        self._log.warning("%s%s%s", message, suffix, again,
+                          exc_info=exc if (exc is not None and last is None) else None)
+        return True
 
 
 class _OnlineReader:
@@ -134,19 +236,27 @@ class _OnlineReader:
     ``to_dict`` gives them.
     """
 
-    def __init__(self, config: Any, online_store: Any, views: list[tuple[Any, str, list[tuple[str, Any]]]]) -> None:
+    def __init__(self, config: Any, online_store: Any, views: list[tuple[Any, str, list[tuple[str, Any]]]], *,
+                 busy_timeout_ms: int = 5000) -> None:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
         from feast.protos.feast.types.Value_pb2 import Value
         from feast.type_map import feast_value_type_to_python_type
 
         self._config = config
         self._online_store = online_store
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._tuned = False
+        self._online_store_config = config.online_store
         self._views = views  # (feature view, join key, [(feature name, its feast ValueType)])
         self._entity_key, self._value, self._to_python = EntityKey, Value, feast_value_type_to_python_type
 
     @classmethod
-    def create(cls, store: Any, refs: list[str]) -> _OnlineReader | None:
-        """A reader for ``refs`` when ``store`` is a feast.FeatureStore they fit; else None."""
+    def create(cls, store: Any, refs: list[str], *, busy_timeout_ms: int = 5000) -> _OnlineReader | None:
+        """A reader for ``refs`` when ``store`` is a feast.FeatureStore they fit; else None.
+
+        ``busy_timeout_ms``: how long SQLite waits for a lock before it fails a read (its default,
+        5 s, kept the reader thread, and at times the GIL, busy for seconds behind a lock).
+        """
         try:
             from feast import FeatureStore
             from feast.infra.online_stores.helpers import get_online_store_from_config
@@ -167,12 +277,43 @@ class _OnlineReader:
                 if len(fv.entity_columns) != 1 or fv.entity_columns[0].dtype != Int64 or set(names) - set(types):
                     return None  # get_online_features handles (or rejects) these
                 views.append((fv, fv.entity_columns[0].name, [(n, types[n]) for n in names]))
-            return cls(store.config, get_online_store_from_config(store.config.online_store), views)
+            return cls(store.config, get_online_store_from_config(store.config.online_store), views,
+                       busy_timeout_ms=busy_timeout_ms)
         except Exception:  # noqa: BLE001 - the generic path still works (or fails into the fallback)
             logger.warning("Feast online reads go through get_online_features", exc_info=True)
             return None
 
+    def reconnect(self) -> None:
+        """Drop the online store (and its connection): the next read builds a new one, as Feast's provider does.
+
+        A SQLite connection left from before a failure may point at a file that was replaced
+        or a schema that went away ("no such table" forever); a fresh store opens the path again.
+        """
+        from feast.infra.online_stores.helpers import get_online_store_from_config
+
+        old, self._online_store = self._online_store, get_online_store_from_config(self._online_store_config)
+        self._tuned = False
+        conn = getattr(old, "_conn", None)
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a read may still be using it; it is dropped either way
+                logger.debug("closing the old online store connection failed", exc_info=True)
+
+    def _tune(self) -> None:
+        """Shorten SQLite's lock wait on the store's connection (Feast's SQLite store opens it with
+        Python's default of 5 s and offers no setting; other stores are left as they are)."""
+        import sqlite3
+
+        get_conn = getattr(self._online_store, "_get_conn", None)
+        conn = get_conn(self._config) if callable(get_conn) else None
+        if isinstance(conn, sqlite3.Connection):
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        self._tuned = True
+
     def read(self, user_id: int) -> dict[str, Any]:
+        if not self._tuned:
+            self._tune()
         out: dict[str, Any] = {}
         for fv, join_key, features in self._views:
             key = self._entity_key(join_keys=[join_key], entity_values=[self._value(int64_val=int(user_id))])

@@ -72,10 +72,18 @@ class FeedPipeline(Protocol):
 
 @dataclass(frozen=True)
 class RouterState:
+    """Both arms' pipelines, the challenger's share and salt.
+
+    ``failures`` says what the loader could not load for this state (e.g. a challenger that
+    failed its checks, whose users the champion serves): the state serves, but the reload
+    that built it is counted and reported as failed.
+    """
+
     champion: FeedPipeline
     challenger: FeedPipeline | None
     challenger_share: float
     salt: str
+    failures: tuple[str, ...] = ()
 
 
 class Router:
@@ -90,7 +98,17 @@ class Router:
     def __init__(self, loader: Callable[[], RouterState]) -> None:
         self._loader = loader
         self._reload_lock = threading.Lock()
+        self._listeners: list[Callable[[str], None]] = []
         self._state = loader()
+
+    def add_reload_listener(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(outcome)`` after every reload, ``"ok"`` or ``"failed"`` (it raised, or the
+        new state lists ``failures``), whoever asked for it (admin call, rollout watcher)."""
+        self._listeners.append(listener)
+
+    def _notify(self, outcome: str) -> None:
+        for listener in self._listeners:
+            listener(outcome)
 
     @property
     def state(self) -> RouterState:
@@ -103,10 +121,20 @@ class Router:
         return CHAMPION, state.champion
 
     def reload(self) -> RouterState:
-        """Build a new state with the loader and swap it in; on failure keep the current one and re-raise."""
+        """Build a new state with the loader and swap it in; on failure keep the current one and re-raise.
+
+        A state with ``failures`` is swapped in (it serves what did load) and returned; the
+        caller reports it.
+        """
         with self._reload_lock:
-            new = self._loader()
+            try:
+                new = self._loader()
+            except Exception:
+                self._notify("failed")
+                raise
             self._state = new
-            logger.info("router reloaded: champion %s, challenger %s at %.0f%%", new.champion.versions,
-                        new.challenger.versions if new.challenger else None, 100 * new.challenger_share)
+            logger.info("router reloaded: champion %s, challenger %s at %.0f%%%s", new.champion.versions,
+                        new.challenger.versions if new.challenger else None, 100 * new.challenger_share,
+                        f"; not loaded: {'; '.join(new.failures)}" if new.failures else "")
+            self._notify("failed" if new.failures else "ok")
             return new

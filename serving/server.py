@@ -7,6 +7,7 @@ SIGINT, then stops with a grace period for in-flight calls.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -25,7 +26,13 @@ from grpc_reflection.v1alpha import reflection
 
 from serving.admission import FifoGate
 from serving.config import ServingConfig
-from serving.errors import DeadlineExceeded, InvalidArgument, ModelUnavailable, Unauthenticated
+from serving.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelUnavailable,
+    ReloadFailed,
+    Unauthenticated,
+)
 from serving.freshness import FreshnessProbe
 from serving.impression_log import RequestLog, RequestRecord
 from serving.metrics import ServingMetrics, StageTimer
@@ -48,6 +55,7 @@ _STATUS: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (ModelUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ReloadFailed, grpc.StatusCode.FAILED_PRECONDITION),
 ]
 
 
@@ -77,15 +85,26 @@ def _pb_explanation(e: Any) -> pb.ItemExplanation | None:
 
 
 class ErrorInterceptor(grpc.ServerInterceptor):
-    """Turns domain errors raised by handlers into status codes (unexpected ones into INTERNAL)."""
+    """Turns domain errors raised by handlers into status codes (unexpected ones into INTERNAL).
+
+    It also parses the request itself: gRPC's own deserializer fails before any handler runs
+    and answers INTERNAL ("Exception deserializing request!"), so the method is registered with
+    raw bytes in and the message parsed here, bytes that do not parse answering INVALID_ARGUMENT.
+    """
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         inner = handler.unary_unary
+        deserialize = handler.request_deserializer
 
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        def guarded(raw: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                request = raw if deserialize is None else deserialize(raw)
+            except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, or any parser failure
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"request: {len(raw)} bytes that do not parse as the method's message ({exc})")
             try:
                 return inner(request, context)
             except Exception as exc:  # noqa: BLE001 - the one place errors become status codes
@@ -95,7 +114,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                     context.abort(code, "internal error")
                 context.abort(code, str(exc))
 
-        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
+        return grpc.unary_unary_rpc_method_handler(guarded, request_deserializer=None,
                                                    response_serializer=handler.response_serializer)
 
 
@@ -109,7 +128,9 @@ class AdminAuthInterceptor(grpc.ServerInterceptor):
         if not self._token or not handler_call_details.method.startswith(f"/{ADMIN_SERVICE}/"):
             return continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if metadata.get("authorization") == f"Bearer {self._token}":
+        given = metadata.get("authorization")
+        # constant time: how long the comparison takes must not tell how much of a guess was right
+        if isinstance(given, str) and hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
             return continuation(handler_call_details)
 
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
@@ -233,12 +254,10 @@ class AdminService(pb_grpc.FeedRankerAdminServicer):
         self._freshness = freshness
 
     def Reload(self, request: pb.ReloadRequest, context: grpc.ServicerContext) -> pb.ReloadResponse:  # noqa: N802
-        try:
-            state = self._router.reload()
-        except Exception:
-            self._metrics.reloads.labels(outcome="failed").inc()
-            raise
-        self._metrics.reloads.labels(outcome="ok").inc()
+        state = self._router.reload()  # counted in reloads_total by the router's listener
+        if state.failures:
+            raise ReloadFailed(f"reloaded without what did not load ({'; '.join(state.failures)}); champion "
+                               f"{state.champion.versions.ranker} serves")
         return pb.ReloadResponse(champion=_pb_versions(state.champion.versions),
                                  challenger=_pb_versions(state.challenger.versions if state.challenger else None),
                                  challenger_share=state.challenger_share)
@@ -274,6 +293,7 @@ def create_server(config: ServingConfig, router: Router, *, address: str | None 
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
     feed = FeedRankerService(config, router, metrics, request_log)
+    router.add_reload_listener(lambda outcome: metrics.reloads.labels(outcome=outcome).inc())
     pb_grpc.add_FeedRankerServicer_to_server(feed, server)
     pb_grpc.add_FeedRankerAdminServicer_to_server(AdminService(router, feed, metrics, freshness), server)
     health_servicer = health.HealthServicer()
@@ -309,10 +329,12 @@ def stop_gracefully(server: grpc.Server, grace_seconds: float) -> None:
 
 def serve(config: ServingConfig, router: Router, *, metrics: ServingMetrics | None = None,
           request_log: RequestLog | None = None, on_ready: Callable[[int], None] | None = None,
-          freshness: FreshnessProbe | None = None) -> None:
+          freshness: FreshnessProbe | None = None,
+          on_started: Callable[[grpc.Server], None] | None = None) -> None:
     """Serve until SIGTERM/SIGINT; expose Prometheus metrics when ``metrics_port`` is set.
 
-    ``on_ready(port)`` is called once the port accepts calls.
+    ``on_started(server)`` is called once the server runs (e.g. to set more health services),
+    then ``on_ready(port)``.
     """
     metrics = metrics or ServingMetrics()
     if config.metrics_port:
@@ -320,6 +342,8 @@ def serve(config: ServingConfig, router: Router, *, metrics: ServingMetrics | No
 
         start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
     server, port = create_server(config, router, metrics=metrics, request_log=request_log, freshness=freshness)
+    if on_started is not None:
+        on_started(server)
     if on_ready is not None:
         on_ready(port)
     stop = threading.Event()

@@ -43,6 +43,20 @@ def models(tmp_path_factory):
     return root, X
 
 
+def test_a_model_compiled_again_to_the_same_path_is_the_one_loaded(models, tmp_path):
+    """dlopen hands back a library already loaded from the same path: the second model compiled to
+    ``ranker.so`` in one process was scored by the first one's trees (the 0.0349 "difference")."""
+    root, X = models
+    lib = tmp_path / "ranker.so"
+    loaded = []  # the first library stays loaded (a serving pipeline, a scorer) while the second comes
+    for name in ("ranker", "purchase"):  # two different models, one library path, one process
+        lib.unlink(missing_ok=True)
+        compile_model(root / f"{name}.txt", lib)
+        loaded.append(CompiledPredictor.load(lib, raw_score=True))
+        ours = loaded[-1].predict(X)
+        assert np.max(np.abs(ours - NativePredictor.load(root / f"{name}.txt", raw_score=True).predict(X))) <= TOLERANCE
+
+
 @pytest.mark.parametrize("quantize", [False, True])
 @pytest.mark.parametrize("name, raw", [("ranker", True), ("purchase", False)])
 def test_compiled_predictions_equal_lightgbm(models, name, raw, quantize, tmp_path):

@@ -58,7 +58,7 @@ def feast_store(tmp_path_factory):
 def _users(store, fallback) -> FeastUserFeatures:
     return FeastUserFeatures(store, snapshot_refs=["user_snapshot:f_user_ctr_30d", "user_snapshot:f_user_purchases_30d"],
                              realtime_refs=["user_realtime:rt_views", "user_realtime:rt_last_view_us"],
-                             fallback=fallback)
+                             fallback=fallback, timeout_seconds=30.0)  # equality here; the time limit: test_hardening
 
 
 def _same(a, b) -> bool:
@@ -96,3 +96,85 @@ def test_failing_online_store_takes_the_snapshot_fallback(feast_store):
 
     users._reader._online_store = Broken()
     assert users.user_rows(7) == (fallback.snapshot_row(7), None, ("online_store",))
+
+
+def test_a_locked_then_missing_store_costs_no_call_and_reads_resume(feast_store, snapshot, caplog):
+    """Over real gRPC: an exclusive lock on the SQLite file, then the file gone and restored."""
+    import os
+    import sqlite3
+    import threading
+    import time
+
+    import grpc
+
+    from serving.config import ServingConfig
+    from serving.metrics import ServingMetrics
+    from serving.model_pipeline import ModelPipeline
+    from serving.proto_gen import feedrank_pb2 as pb
+    from serving.proto_gen import feedrank_pb2_grpc as pb_grpc
+    from serving.router import Router, RouterState
+    from serving.server import create_server, stop_gracefully
+    from tests.serving.test_fallbacks import _model_pipeline
+
+    store, _ = feast_store
+    db = store.config.online_store.path
+    base: ModelPipeline = _model_pipeline(snapshot, None, "v1")  # stand-in retriever and scorer (test_fallbacks)
+    base.users = FeastUserFeatures(store, snapshot_refs=["user_snapshot:f_user_ctr_30d"], realtime_refs=[],
+                                   fallback=SnapshotUserFeatures(pd.DataFrame({"user_id": [1], "f_user_ctr_30d": [0.5]})),
+                                   timeout_seconds=0.025)
+    metrics = ServingMetrics()
+    srv, port = create_server(ServingConfig(max_workers=4), Router(lambda: RouterState(base, None, 0.0, "s")),
+                              address="127.0.0.1:0", metrics=metrics)
+    served, failed, slowest = [], [], [0.0]
+    stop = threading.Event()
+
+    def load() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub, i = pb_grpc.FeedRankerStub(channel), 0
+            while not stop.is_set():
+                t = time.perf_counter()
+                try:
+                    resp = stub.RankFeed(pb.RankFeedRequest(request_id=f"r{i}", user_id=str(1 + i % 40), k=5),
+                                         timeout=1.0)
+                    served.append((time.monotonic(), "online_store" in resp.fallbacks))
+                except grpc.RpcError as exc:
+                    failed.append(exc.code())
+                slowest[0] = max(slowest[0], time.perf_counter() - t)
+                i += 1
+
+    def fallbacks() -> float:
+        return metrics.registry.get_sample_value("feedrank_fallbacks_total", {"kind": "online_store"}) or 0.0
+
+    def resumed(after: float, timeout: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(t > after and not fb for t, fb in served[-20:]):
+                return True
+            time.sleep(0.05)
+        return False
+
+    thread = threading.Thread(target=load)
+    thread.start()
+    try:
+        assert resumed(time.monotonic())
+        lock = sqlite3.connect(db, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # readers of a rollback-journal database now wait for it
+        time.sleep(3.0)
+        lock.execute("ROLLBACK")
+        lock.close()
+        locked_fallbacks = fallbacks()
+        assert locked_fallbacks > 0 and resumed(time.monotonic())
+
+        os.replace(db, db + ".away")  # missing: a fresh connection finds no tables ("no such table")
+        base.users._reader.reconnect()  # as after any failed read
+        time.sleep(1.0)
+        os.replace(db + ".away", db)  # restored: the next reconnect reads it again, no restart
+        assert fallbacks() > locked_fallbacks and resumed(time.monotonic())
+    finally:
+        stop.set()
+        thread.join()
+        stop_gracefully(srv, 1.0)
+    assert failed == [] and len(served) > 50
+    assert slowest[0] < 1.0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "serving.features"]
+    assert len(warnings) <= 6, warnings  # one line per distinct error a minute, not one per failed read

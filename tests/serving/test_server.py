@@ -257,3 +257,20 @@ def test_graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones(snapsho
         assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     finally:
         channel.close()
+
+
+def test_random_bytes_are_invalid_argument_and_the_server_stays_healthy(server):
+    stub, *_, channel, _srv = server
+    raw = channel.unary_unary("/feedrank.v1.FeedRanker/RankFeed")  # no serializers: bytes in, bytes out
+    rng = np.random.default_rng(20)
+    codes: dict[grpc.StatusCode, int] = {}
+    for _ in range(1000):
+        payload = rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes()
+        with pytest.raises(grpc.RpcError) as err:
+            raw(payload, timeout=5)
+        codes[err.value.code()] = codes.get(err.value.code(), 0) + 1
+    assert codes == {grpc.StatusCode.INVALID_ARGUMENT: 1000}
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    assert len(stub.RankFeed(req(), timeout=5).items) == 20
