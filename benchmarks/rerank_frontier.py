@@ -45,7 +45,7 @@ def _violations(cfg: RerankConfig, cands: Candidates, order: np.ndarray, reasons
         return 0  # relaxed with a reason (no candidate could satisfy it)
     cats = cands.category_ids[order]
     if cfg.max_category_share < 1.0:
-        cap = max(1, int(np.floor(cfg.max_category_share * k + 1e-9)))
+        cap = max(1, int(np.ceil(cfg.max_category_share * k)))  # as the re-ranker
         if np.bincount(cats).max(initial=0) > cap:
             return 1
     if cfg.max_category_run > 0:

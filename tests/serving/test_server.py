@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from serving.proto_gen import feedrank_pb2 as pb
-from serving.rerank import fair_prefix_minimums
+from serving.rerank import RerankConfig, fair_prefix_minimums
 
 
 def req(**kw) -> pb.RankFeedRequest:
@@ -56,7 +56,8 @@ def test_new_seller_share_and_category_limits_hold_on_every_response(server, sna
         if resp.randomized:  # exploration reorders the top slots on purpose, and says so
             assert any("exploration" in it.reasons for it in resp.items)
             continue
-        assert np.bincount(snapshot.category_ids[rows]).max() <= int(np.ceil(0.4 * 20))
+        cap = int(np.ceil(RerankConfig().max_category_share * 20))  # the fixture keeps the default share
+        assert np.bincount(snapshot.category_ids[rows]).max() <= cap
         assert (np.cumsum(snapshot.is_new_seller[rows]) >= table).all()
         promoted = [it for it in resp.items if "new_seller_exposure" in it.reasons]
         assert promoted, "popularity alone would not show new sellers: the rule must have moved some"
