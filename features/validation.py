@@ -69,11 +69,12 @@ class ValidationResult:
         return len(self.valid) + len(self.quarantined)
 
     def reason_counts(self) -> dict[str, int]:
-        """How many rows failed each reason (a row with two reasons counts for both)."""
+        """How many rows failed each reason (a row with two reasons counts for both), most first, ties by name
+        (the order of the ETL's report)."""
         counts: Counter[str] = Counter()
         for reasons in self.quarantined[REASON_COLUMN]:
             counts.update(reasons.split("; "))
-        return dict(counts.most_common())
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def valid_arrow(self) -> pa.Table:
         """The valid rows as an Arrow table with the contract schema."""
@@ -125,13 +126,15 @@ def _as_int(value: object, lo: int, hi: int) -> int | None:
     within ``[lo, hi]``; None for anything else (bools, fractions, text that is no number, ...)."""
     if isinstance(value, bool | np.bool_):
         return None
+    number: int | None = None
     if isinstance(value, int | np.integer):
         number = int(value)
-    elif isinstance(value, float | np.floating | str):
-        try:
-            number = int(value.strip()) if isinstance(value, str) else None
-        except ValueError:
-            number = None
+    elif isinstance(value, str | float | np.floating):
+        if isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                number = None
         if number is None:
             try:
                 real = float(value)
@@ -140,9 +143,9 @@ def _as_int(value: object, lo: int, hi: int) -> int | None:
             if not math.isfinite(real) or not real.is_integer():
                 return None
             number = int(real)
-    else:
+    if number is None or not lo <= number <= hi:
         return None
-    return number if lo <= number <= hi else None
+    return number
 
 
 def _as_float(value: object) -> float | None:
@@ -194,9 +197,9 @@ def coerce_values(series: pd.Series, col: Column) -> tuple[pd.Series, np.ndarray
             return pd.Series(np.nan, index=series.index), present
         if pd.api.types.is_numeric_dtype(series.dtype):
             return series.astype("float64"), np.zeros(n, dtype=bool)
-        read = [_as_float(v) if ok else None for v, ok in zip(series.tolist(), present, strict=True)]
-        bad = present & np.array([v is None for v in read], dtype=bool)
-        return pd.Series([np.nan if v is None else v for v in read], index=series.index, dtype="float64"), bad
+        reals = [_as_float(v) if ok else None for v, ok in zip(series.tolist(), present, strict=True)]
+        bad = present & np.array([v is None for v in reals], dtype=bool)
+        return pd.Series([np.nan if v is None else v for v in reals], index=series.index, dtype="float64"), bad
     if col.dtype == "bool":
         if pd.api.types.is_bool_dtype(series.dtype):
             return series.astype("boolean"), np.zeros(n, dtype=bool)
