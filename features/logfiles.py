@@ -116,6 +116,7 @@ class TableFiles:
         expected = _expected_types(self.table)
         return tuple(c for c, t in file.types.items() if t != expected[c])
 
+    @property
     def conforming(self) -> tuple[LogFile, ...]:
         """Readable files whose contract columns all have the contract's types (some may be absent)."""
         return tuple(f for f in self.readable if not self.retyped(f))

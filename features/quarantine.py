@@ -97,7 +97,7 @@ def _read_files(spark: SparkSession, files: TableFiles, work: str) -> DataFrame:
     names = list(contract.fieldNames())
     parts: list[DataFrame] = []
     by_depth: dict[int, list[str]] = {}
-    for f in files.conforming():
+    for f in files.conforming:
         by_depth.setdefault(f.name.count("/") + 1, []).append(files.path(f))
     for depth, paths in sorted(by_depth.items()):
         # the name below the table's folder: the last ``depth`` parts of the file's URI, decoded
@@ -106,7 +106,7 @@ def _read_files(spark: SparkSession, files: TableFiles, work: str) -> DataFrame:
         name = F.array_join(F.slice(F.split(uri, "/"), -depth, depth), "/")
         parts.append(spark.read.schema(nullable).parquet(*paths).select(*names, name.alias(SOURCE_FILE_COLUMN)))
     folder, raw = write_converted(files, f"{work.rstrip('/')}/{files.table}")
-    if len(files.conforming()) < len(files.readable):
+    if len(files.conforming) < len(files.readable):
         schema = T.StructType([*nullable.fields, *[T.StructField(f"{RAW_PREFIX}{c}", T.StringType()) for c in raw],
                                T.StructField(SOURCE_FILE_COLUMN, T.StringType())])
         parts.append(spark.read.schema(schema).parquet(folder))

@@ -51,7 +51,7 @@ def test_each_file_is_read_or_set_aside_with_its_reason(folder):
     reasons = {f.name: f.error for f in files.unreadable}
     assert set(reasons) == {"c.parquet", "d.parquet", "e.parquet"}
     assert all(r.startswith("cannot read the file (") for r in reasons.values())
-    assert [f.name for f in files.conforming()] == ["a.parquet"]
+    assert [f.name for f in files.conforming] == ["a.parquet"]
     assert files.absent() == {"device": ("date=2026-01-05/b.parquet",)}
     assert [(p.column, p.found) for p in files.schema_problems()] == [
         ("device", "absent"), ("signup_ts", "timestamp[ms, tz=UTC]"), ("user_id", "string")]

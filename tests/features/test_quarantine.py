@@ -49,12 +49,19 @@ def bad_logs() -> dict[str, pd.DataFrame]:
     return {"sellers": sellers, "users": users, "items": items, "impressions": impressions, "events": events}
 
 
+NESTED = "day=1/part +1.parquet"  # the last three events, in a subfolder, under a name Spark's URIs encode
+
+
 def _write(tables: dict[str, pd.DataFrame], root) -> dict[str, pa.Table]:
     arrow = {}
     for name, frame in tables.items():
         (root / name).mkdir(parents=True)
         arrow[name] = pa.Table.from_pandas(frame, preserve_index=False)
-        pq.write_table(arrow[name], root / name / "part-0.parquet", coerce_timestamps="us")
+        split = len(frame) - 3 if name == "events" else len(frame)
+        pq.write_table(arrow[name].slice(0, split), root / name / "part-0.parquet", coerce_timestamps="us")
+        if split < len(frame):
+            (root / name / NESTED).parent.mkdir()
+            pq.write_table(arrow[name].slice(split), root / name / NESTED, coerce_timestamps="us")
     return arrow
 
 
@@ -118,3 +125,6 @@ def test_quarantined_rows_name_their_file(flagged):
     rows = got["sellers"].quarantined.toPandas()
     assert list(rows["source_file"]) == ["part-0.parquet"]
     assert list(rows["raw_rating"]) == ["n/a"]  # the value as it came in
+    events = got["events"].quarantined.toPandas().set_index("event_id")
+    assert events.loc[7, "source_file"] == NESTED  # its path below the table's folder, decoded
+    assert set(events["source_file"]) == {"part-0.parquet", NESTED}
