@@ -7,8 +7,10 @@ cluster, as ``spark-submit --py-files features.zip features/etl.py LOGS DIR`` (t
 Stages (each logs its counts and rate; long Spark stages log task progress periodically):
 
 1. **Validate** every table with the contract's rules (:mod:`features.quarantine`); each
-   table is written once to a work folder split into valid and quarantined rows, so no
-   row is dropped silently. Impressions are enriched with their item's seller, category,
+   file is read with the contract's schema, a file that cannot be read is set aside with its
+   reason (``quarantine/<table>/_unreadable_files.json`` and the report) and the others go
+   on; each table is written once to a work folder split into valid and quarantined rows,
+   so no row is dropped silently. Impressions are enriched with their item's seller, category,
    price and margin on the way.
 2. **Attribute** linked events to impressions and grade labels (:mod:`features.labels`).
 3. **Aggregate** daily snapshots of user, item and seller features and the user's intraday
@@ -76,6 +78,7 @@ from features.config import FeaturesConfig, parse_utc
 from features.contract import TABLE_ORDER, TABLES
 from features.derived import REALTIME_INPUTS
 from features.labels import attribute
+from features.logfiles import UNREADABLE_FILES
 from features.outputs import (
     FEATURE_SOURCES,
     ITEM_AUX,
@@ -316,7 +319,12 @@ class FeatureEtl:
         carry = {"impressions": {"items": {**item_columns, "margin_rate": "margin_rate"}},
                  "events": {"items": item_columns}}
         for name in TABLE_ORDER:
-            table = flag_table(spark, logs, name, config=cfg.validation, valid=valid, carry=carry.get(name))
+            table = flag_table(spark, logs, name, config=cfg.validation, valid=valid, work=f"{work}/_read",
+                               carry=carry.get(name))
+            if not table.files.readable:
+                raise ValueError(f"table {name}: no valid rows under {logs}/{name} (no readable file; "
+                                 f"{len(table.files.unreadable)} unreadable file(s): "
+                                 f"{table.files.unreadable[0].name}: {table.files.unreadable[0].error})")
             rows = table.rows.withColumn("_ok", F.when(F.col("_reasons") == "", "true").otherwise("false"))
             partition_by = ["_ok"]
             if name in ("impressions", "events"):
@@ -332,9 +340,10 @@ class FeatureEtl:
             frame = spark.read.parquet(path)
             counts = {r["_ok"]: int(r["count"]) for r in frame.groupBy("_ok").count().collect()}
             n_ok, n_bad = counts.get("true", 0), counts.get("false", 0)
+            unreadable = table.files.unreadable_report()
             if n_ok == 0:
                 raise ValueError(f"table {name}: no valid rows under {logs}/{name} "
-                                 f"({n_bad:,} rows, all quarantined)")
+                                 f"({n_bad:,} rows, all quarantined; {len(unreadable)} unreadable file(s))")
             ok = frame.filter(F.col("_ok") == "true").drop("_ok")
             if name in ("sellers", "users", "items"):
                 ok = ok.cache()
@@ -348,9 +357,14 @@ class FeatureEtl:
                  .write.mode("overwrite").parquet(f"{staging}/{LAYOUT.quarantine}/{name}"))
                 counted = bad.select(F.explode(F.split("_reasons", "; ")).alias("r")).groupBy("r").count().collect()
                 reasons = dict(sorted(((r["r"], int(r["count"])) for r in counted), key=lambda kv: (-kv[1], kv[0])))
+            if unreadable:
+                files.write_text(f"{staging}/{LAYOUT.quarantine}/{name}/{UNREADABLE_FILES}",
+                                 json.dumps(unreadable, indent=2))
             report.tables[name] = {"input": n_ok + n_bad, "valid": n_ok, "quarantined": n_bad, "reasons": reasons,
+                                   "unreadable_files": unreadable,
                                    "schema_problems": [asdict(p) for p in table.schema_problems]}
-            logger.info("validated %s: %s rows, %s quarantined", name, f"{n_ok + n_bad:,}", f"{n_bad:,}")
+            logger.info("validated %s: %s rows, %s quarantined; %d unreadable file(s)", name, f"{n_ok + n_bad:,}",
+                        f"{n_bad:,}", len(unreadable))
             valid[name] = ok
         files.tidy(f"{staging}/{LAYOUT.quarantine}")
         return valid

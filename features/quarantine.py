@@ -5,9 +5,12 @@ drive the pandas validator (:mod:`features.validation`), and every reason reads 
 there (``"<column>: <reason>"``, joined by ``"; "``), so a row fails for the same reasons in
 a notebook, in the stream consumer and in the ETL:
 
-- wrong types (a value that cannot be read as the column's type; columns are read with
-  the types their Parquet files declare and cast to the contract's types),
-- missing required fields (null, or the column absent from the files),
+- files that cannot be read are set aside whole, with their reason, and the others go on;
+  each file is read with the contract's types (:mod:`features.logfiles`: files that match the
+  contract are read as they are, the others from converted copies), so a value that does not
+  read as its column's type is a wrong type, and a column missing from a file is missing for
+  that file's rows only ("column absent"),
+- missing required fields (null),
 - values out of range, values outside the allowed set, timestamps outside the window,
 - cross-field rules (a purchase without a price, a list price below the price),
 - unknown ids (foreign keys not among the *valid* rows of the referenced table),
@@ -16,12 +19,13 @@ a notebook, in the stream consumer and in the ETL:
   is the smallest row in the order of all contract columns, so the choice does not depend on
   how files are split across tasks.
 
-Quarantined rows keep their contract columns (as cast), the name of the file they came from
+Quarantined rows keep their contract columns (as read), the name of the file they came from
 and the reason; for a column whose file type differed, the original value as text too.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,7 +33,8 @@ from typing import TYPE_CHECKING
 
 from features.config import ValidationConfig
 from features.contract import TABLE_ORDER, TABLES, Column, TableSpec, spark_schema
-from features.validation import REASON_COLUMN
+from features.logfiles import SchemaProblem, TableFiles, scan_table, write_converted
+from features.validation import RAW_PREFIX, REASON_COLUMN, SOURCE_FILE_COLUMN
 
 if TYPE_CHECKING:
     from pyspark.sql import Column as SparkColumn
@@ -39,18 +44,7 @@ __all__ = ["SOURCE_FILE_COLUMN", "FlaggedTable", "SchemaProblem", "flag_logs", "
 
 logger = logging.getLogger(__name__)
 
-SOURCE_FILE_COLUMN = "source_file"
 _REASONS = "_reasons"
-
-
-@dataclass(frozen=True)
-class SchemaProblem:
-    """A difference between a table's files and the contract (reported by the schema check)."""
-
-    table: str
-    column: str
-    expected: str
-    found: str
 
 
 @dataclass(frozen=True)
@@ -61,13 +55,18 @@ class FlaggedTable:
     ----------
     name : str
     rows : pyspark.sql.DataFrame
-        Contract columns (cast), ``source_file``, raw text of mistyped columns, ``_reasons``.
-    schema_problems : tuple of SchemaProblem
+        Contract columns, ``source_file``, raw text of mistyped columns, ``_reasons``.
+    files : TableFiles
+        The table's files: which were read, which were set aside and why.
     """
 
     name: str
     rows: DataFrame
-    schema_problems: tuple[SchemaProblem, ...]
+    files: TableFiles
+
+    @property
+    def schema_problems(self) -> tuple[SchemaProblem, ...]:
+        return self.files.schema_problems()
 
     @property
     def valid(self) -> DataFrame:
@@ -82,88 +81,83 @@ class FlaggedTable:
         """The quarantined rows with ``source_file`` and ``quarantine_reason``."""
         from pyspark.sql import functions as F
 
-        extra = sorted(c for c in self.rows.columns if c.startswith("raw_"))
+        extra = sorted(c for c in self.rows.columns if c.startswith(RAW_PREFIX))
         return (self.rows.filter(F.col(_REASONS) != "")
                 .select(*TABLES[self.name].column_names, SOURCE_FILE_COLUMN, *extra,
                         F.col(_REASONS).alias(REASON_COLUMN)))
 
 
-def _type_name(dtype) -> str:
-    return dtype.simpleString()
+def _read_files(spark: SparkSession, files: TableFiles, work: str) -> DataFrame:
+    """The rows of every readable file with the contract's columns and types, ``source_file`` and ``raw_*``."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    contract = spark_schema(files.table)
+    nullable = T.StructType([T.StructField(f.name, f.dataType, True) for f in contract.fields])
+    names = list(contract.fieldNames())
+    parts: list[DataFrame] = []
+    by_depth: dict[int, list[str]] = {}
+    for f in files.conforming:
+        by_depth.setdefault(f.name.count("/") + 1, []).append(files.path(f))
+    for depth, paths in sorted(by_depth.items()):
+        # the name below the table's folder: the last ``depth`` parts of the file's URI, decoded
+        # ("+" is a literal plus in a URI, a space to url_decode)
+        uri = F.url_decode(F.regexp_replace(F.col("_metadata.file_path"), r"\+", "%2B"))
+        name = F.array_join(F.slice(F.split(uri, "/"), -depth, depth), "/")
+        parts.append(spark.read.schema(nullable).parquet(*paths).select(*names, name.alias(SOURCE_FILE_COLUMN)))
+    folder, raw = write_converted(files, f"{work.rstrip('/')}/{files.table}")
+    if len(files.conforming) < len(files.readable):
+        schema = T.StructType([*nullable.fields, *[T.StructField(f"{RAW_PREFIX}{c}", T.StringType()) for c in raw],
+                               T.StructField(SOURCE_FILE_COLUMN, T.StringType())])
+        parts.append(spark.read.schema(schema).parquet(folder))
+    if not parts:
+        return spark.createDataFrame([], T.StructType([*nullable.fields,
+                                                       T.StructField(SOURCE_FILE_COLUMN, T.StringType())]))
+    return functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), parts)
 
 
-def read_contract_table(spark: SparkSession, root: str, table: str, *,
-                        config: ValidationConfig) -> tuple[DataFrame, tuple[SchemaProblem, ...]]:
-    """Read ``<root>/<table>`` and cast it to the contract's columns.
+def read_contract_table(spark: SparkSession, root: str, table: str, *, config: ValidationConfig,
+                        work: str) -> tuple[DataFrame, TableFiles]:
+    """Read ``<root>/<table>`` file by file with the contract's types and flag each row's column rules.
 
-    Returns the frame (contract columns, ``source_file``, ``raw_<col>`` text for columns whose
-    file type differs, and ``_reasons`` holding the per-column reasons) and the schema problems.
+    Parameters
+    ----------
+    work : str
+        A scratch folder for converted copies of files whose columns have other types.
+
+    Returns
+    -------
+    (DataFrame, TableFiles)
+        The rows (contract columns, ``source_file``, ``raw_<col>`` text where a file's type
+        differed, and ``_reasons`` holding the per-column reasons), and the table's files.
 
     Raises
     ------
     FileNotFoundError
-        If the table's folder does not exist or holds no Parquet files.
+        If the table's folder does not exist or holds no files.
     """
-    from pyspark.errors import AnalysisException
     from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
     spec: TableSpec = TABLES[table]
-    path = f"{root.rstrip('/')}/{table}"
-    try:
-        raw = spark.read.parquet(path)
-    except AnalysisException as exc:
-        message = exc.getMessage().splitlines()[0]
-        if "PATH_NOT_FOUND" in message or "UNABLE_TO_INFER_SCHEMA" in message:
-            raise FileNotFoundError(f"table {table}: no Parquet data at {path} ({message})") from None
-        if "TIMESTAMP(NANOS" in message:
-            raise ValueError(f"table {table}: the files at {path} hold nanosecond timestamps; the contract's "
-                             "timestamps are microseconds (pyarrow: write_table(..., coerce_timestamps='us'))") \
-                from None
-        raise ValueError(f"table {table}: cannot read the Parquet files at {path}: {message}") from None
-    found = {f.name: f.dataType for f in raw.schema.fields}
-    problems: list[SchemaProblem] = []
-    selects: list[SparkColumn] = []
+    files = scan_table(root, table)
+    rows = _read_files(spark, files, work)
+    absent = files.absent()
     rules: list[tuple[SparkColumn, str]] = []
-    raw_text: list[SparkColumn] = []
-    contract = {f.name: f.dataType for f in spark_schema(table).fields}
     for col in spec.columns:
-        target = contract[col.name]
-        if col.name not in found:
-            problems.append(SchemaProblem(table, col.name, _type_name(target), "absent"))
-            value = F.lit(None).cast(target)
-            if col.required:
-                rules.append((F.lit(True), f"{col.name}: missing required field (column absent)"))
-            selects.append(value.alias(col.name))
-            continue
-        source = F.col(col.name)
-        src_type = found[col.name]
-        bad_type = F.lit(False)
-        if src_type == target or (isinstance(target, T.TimestampType) and isinstance(src_type, T.TimestampNTZType)):
-            value = source.cast(target)
-        else:
-            problems.append(SchemaProblem(table, col.name, _type_name(target), _type_name(src_type)))
-            value = source.try_cast(target)
-            bad_type = source.isNotNull() & value.isNull()
-            if isinstance(target, T.IntegralType) and isinstance(src_type, T.FractionalType):
-                bad_type = bad_type | (source.isNotNull() & (F.isnan(source) | (source != F.floor(source))))
-                value = F.when(~bad_type, value)
-            if isinstance(target, T.BooleanType) and isinstance(src_type, T.NumericType):
-                bad_type = source.isNotNull() & ~source.isin(0, 1)
-                value = F.when(~bad_type, value)
-            raw_text.append(source.cast("string").alias(f"raw_{col.name}"))
+        value = F.col(col.name)
+        raw = f"{RAW_PREFIX}{col.name}"
+        bad_type = (F.col(raw).isNotNull() & value.isNull()) if raw in rows.columns else F.lit(False)
         rules.append((bad_type, f"{col.name}: wrong type, expected {col.dtype}"))
         if col.required:
-            rules.append((value.isNull() & ~bad_type, f"{col.name}: missing required field"))
+            lacking = F.col(SOURCE_FILE_COLUMN).isin(*absent[col.name]) if col.name in absent else F.lit(False)
+            rules.append((value.isNull() & lacking, f"{col.name}: missing required field (column absent)"))
+            rules.append((value.isNull() & ~bad_type & ~lacking, f"{col.name}: missing required field"))
         rules.extend(_range_rules(col, value, config))
-        selects.append(value.alias(col.name))
-    frame = raw.select(*selects, *raw_text,
-                       F.substring_index(F.col("_metadata.file_path"), "/", -1).alias(SOURCE_FILE_COLUMN),
-                       _join_reasons([(cond, reason) for cond, reason in rules]).alias(_REASONS))
-    frame = _cross_field_rules(spec, frame)
-    for p in problems:
-        logger.warning("schema: table %s column %s: expected %s, found %s", p.table, p.column, p.expected, p.found)
-    return frame, tuple(problems)
+    frame = _cross_field_rules(spec, rows.withColumn(_REASONS, _join_reasons(rules)))
+    for p in files.schema_problems():
+        logger.warning("schema: table %s column %s: expected %s, found %s in %d file(s): %s", p.table, p.column,
+                       p.expected, p.found, len(p.files), ", ".join(p.files[:5]) + (" ..." if len(p.files) > 5 else ""))
+    return frame, files
 
 
 def _join_reasons(rules: list[tuple[SparkColumn, str]]) -> SparkColumn:
@@ -305,8 +299,11 @@ _MAX_COLLECTED_DUPLICATES = 100_000
 
 
 def flag_table(spark: SparkSession, root: str, name: str, *, config: ValidationConfig,
-               valid: Mapping[str, DataFrame], carry: Mapping[str, Mapping[str, str]] | None = None) -> FlaggedTable:
+               valid: Mapping[str, DataFrame], work: str,
+               carry: Mapping[str, Mapping[str, str]] | None = None) -> FlaggedTable:
     """Read and flag one contract table; ``valid`` holds the valid rows of the tables it references.
+
+    ``work`` is a scratch folder (converted copies of files whose columns have other types).
 
     A referenced table absent from ``valid`` is not checked against. ``carry`` names columns
     of referenced tables to add to the rows (``{table: {column: alias}}``; null where the id
@@ -324,18 +321,16 @@ def flag_table(spark: SparkSession, root: str, name: str, *, config: ValidationC
     if name not in TABLES:
         raise ValueError(f"table must be one of {list(TABLES)}, got {name!r}")
     spec = TABLES[name]
-    frame, problems = read_contract_table(spark, root, name, config=config)
-    frame = _foreign_keys(spec, frame, valid, carry or {})
+    read, files = read_contract_table(spark, root, name, config=config, work=work)
+    frame = _foreign_keys(spec, read, valid, carry or {})
     if name == "events" and "impressions" in valid:
         frame = _events_vs_impressions(frame, valid["impressions"])
-    raw = spark.read.parquet(f"{root.rstrip('/')}/{name}")
-    large = name in ("impressions", "events") and spec.primary_key in raw.columns
-    raw_keys = raw.select(spec.primary_key) if large else None
+    raw_keys = read.select(spec.primary_key) if name in ("impressions", "events") else None
     frame = _duplicates(spec, frame, raw_keys)
-    return FlaggedTable(name=name, rows=frame, schema_problems=problems)
+    return FlaggedTable(name=name, rows=frame, files=files)
 
 
-def flag_logs(spark: SparkSession, root: str, *, config: ValidationConfig,
+def flag_logs(spark: SparkSession, root: str, *, config: ValidationConfig, work: str,
               tables: tuple[str, ...] = TABLE_ORDER) -> dict[str, FlaggedTable]:
     """Read and flag the contract tables under ``root`` in dependency order, each foreign key
     checked against the valid rows of the table it references (as :func:`features.validation.validate_logs`).
@@ -349,7 +344,7 @@ def flag_logs(spark: SparkSession, root: str, *, config: ValidationConfig,
     for name in TABLE_ORDER:
         if name not in tables:
             continue
-        table = flag_table(spark, root, name, config=config, valid=valid)
-        flagged[name] = FlaggedTable(name=name, rows=table.rows.cache(), schema_problems=table.schema_problems)
+        table = flag_table(spark, root, name, config=config, valid=valid, work=work)
+        flagged[name] = FlaggedTable(name=name, rows=table.rows.cache(), files=table.files)
         valid[name] = flagged[name].valid
     return flagged

@@ -4,8 +4,8 @@ Every input row ends up in exactly one of the two outputs (valid + quarantined =
 and each quarantined row carries every reason it failed, as ``"<column>: <reason>"``
 strings joined by ``"; "``. Rules come from the declarations in :mod:`features.contract`:
 
-- wrong types (a value that cannot be read as the column's type),
-- missing required fields (null, or the column absent altogether),
+- wrong types (a value that cannot be read as the column's type: :func:`coerce_values`),
+- missing required fields (null, or the column absent from the batch or from the row's file),
 - values out of range (zero or negative prices, margins outside [0, 1], ...),
 - timestamps outside the configured window,
 - unknown ids (foreign keys not among the *valid* rows of the referenced table),
@@ -13,15 +13,17 @@ strings joined by ``"; "``. Rules come from the declarations in :mod:`features.c
 - duplicate primary keys: among rows that pass every other rule, the first occurrence is
   kept and later ones are quarantined.
 
-This is the pandas validator for batches (adapters, tests, the stream consumer); the
-Spark ETL applies the same declarations with Spark expressions.
+This is the pandas validator for batches (adapters, tests, the stream consumer, and
+``feedrank validate`` through :func:`features.logfiles.validate_files`); the Spark ETL applies
+the same declarations with Spark expressions to the same files (:mod:`features.quarantine`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,12 +33,17 @@ import pyarrow as pa
 from features.config import ValidationConfig
 from features.contract import TABLE_ORDER, TABLES, Column, TableSpec, arrow_schema
 
-__all__ = ["ValidationResult", "validate_table", "validate_logs", "REASON_COLUMN", "ROW_COLUMN"]
+__all__ = ["ValidationResult", "coerce_values", "validate_table", "validate_logs", "RAW_PREFIX", "REASON_COLUMN",
+           "ROW_COLUMN", "SOURCE_FILE_COLUMN"]
 
 logger = logging.getLogger(__name__)
 
 REASON_COLUMN = "quarantine_reason"
 ROW_COLUMN = "source_row"
+#: The file a row was read from (rows read by :mod:`features.logfiles`).
+SOURCE_FILE_COLUMN = "source_file"
+#: ``raw_<column>``: the original text of a value read from a file whose column had another type.
+RAW_PREFIX = "raw_"
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,12 @@ class ValidationResult:
         return len(self.valid) + len(self.quarantined)
 
     def reason_counts(self) -> dict[str, int]:
-        """How many rows failed each reason (a row with two reasons counts for both)."""
+        """How many rows failed each reason (a row with two reasons counts for both), most first, ties by name
+        (the order of the ETL's report)."""
         counts: Counter[str] = Counter()
         for reasons in self.quarantined[REASON_COLUMN]:
             counts.update(reasons.split("; "))
-        return dict(counts.most_common())
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def valid_arrow(self) -> pa.Table:
         """The valid rows as an Arrow table with the contract schema."""
@@ -110,28 +118,92 @@ def _as_bool(value: object) -> object:
     return pd.NA
 
 
-def _coerce(series: pd.Series, col: Column) -> tuple[pd.Series, np.ndarray]:
-    """Read ``series`` as ``col.dtype``; return the values and a mask of unreadable entries."""
+_INT_RANGE = {"int64": (-(2**63), 2**63 - 1), "int32": (-(2**31), 2**31 - 1)}
+
+
+def _as_int(value: object, lo: int, hi: int) -> int | None:
+    """The integer ``value`` stands for exactly (an int, an integral float, or such a number as text)
+    within ``[lo, hi]``; None for anything else (bools, fractions, text that is no number, ...)."""
+    if isinstance(value, bool | np.bool_):
+        return None
+    number: int | None = None
+    if isinstance(value, int | np.integer):
+        number = int(value)
+    elif isinstance(value, str | float | np.floating):
+        if isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                number = None
+        if number is None:
+            try:
+                real = float(value)
+            except (ValueError, OverflowError):
+                return None
+            if not math.isfinite(real) or not real.is_integer():
+                return None
+            number = int(real)
+    if number is None or not lo <= number <= hi:
+        return None
+    return number
+
+
+def _as_float(value: object) -> float | None:
+    """``value`` as a float (numbers and numbers as text); None for anything else."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating | str):
+        return None
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        return None
+
+
+def coerce_values(series: pd.Series, col: Column) -> tuple[pd.Series, np.ndarray]:
+    """Read ``series`` as ``col.dtype``; return the values and a mask of present values that do not read as it.
+
+    The one definition of "reads as the contract's type", for batches of any origin (files
+    whose column has another type, JSON messages): integers must be exact and fit the type
+    (``"3"`` and ``3.0`` read as 3; ``2.5``, ``2**70``, ``True`` and ``"three"`` do not),
+    floats may come as text, bools as ``0``/``1``/``"true"``, timestamps as ISO-8601 text.
+    Never raises on odd values (nested lists, dicts, huge numbers): they are unreadable.
+
+    Returns
+    -------
+    values : Series
+        ``Int64`` for integer columns (range checked for ``int32``), ``float64``, ``boolean``,
+        object (str or None) for strings, ``datetime64[us, UTC]``; null where unreadable.
+    bad : ndarray of bool
+    """
     present = series.notna().to_numpy()
+    n = len(series)
     if col.dtype in ("int64", "int32"):
+        lo, hi = _INT_RANGE[col.dtype]
         if pd.api.types.is_bool_dtype(series.dtype):
             return pd.Series(pd.NA, index=series.index, dtype="Int64"), present
-        num = pd.to_numeric(series, errors="coerce")
-        num_f = num.astype("float64")
-        bad = present & (num_f.isna().to_numpy() | ~np.isfinite(num_f.fillna(0).to_numpy())
-                         | (num_f.fillna(0).to_numpy() % 1 != 0))
-        values = num_f.where(~bad).astype("Int64")
-        return values, bad
+        if pd.api.types.is_integer_dtype(series.dtype) and not pd.api.types.is_unsigned_integer_dtype(series.dtype):
+            values = series.astype("Int64")
+            bad = present & ((values < lo) | (values > hi)).fillna(False).to_numpy(dtype=bool)
+            return values.mask(bad), bad
+        if pd.api.types.is_float_dtype(series.dtype):
+            num = series.astype("float64").to_numpy()
+            with np.errstate(invalid="ignore"):
+                bad = present & ~(np.isfinite(num) & (num == np.floor(num)) & (num >= lo) & (num < hi + 1.0))
+            return pd.Series(np.where(bad | ~present, np.nan, num), index=series.index).astype("Int64"), bad
+        read = [_as_int(v, lo, hi) if ok else None for v, ok in zip(series.tolist(), present, strict=True)]
+        bad = present & np.array([v is None for v in read], dtype=bool)
+        return pd.Series(pd.array(read, dtype="Int64"), index=series.index), bad
     if col.dtype == "float64":
         if pd.api.types.is_bool_dtype(series.dtype):
             return pd.Series(np.nan, index=series.index), present
-        num = pd.to_numeric(series, errors="coerce").astype("float64")
-        bad = present & num.isna().to_numpy()
-        return num, bad
+        if pd.api.types.is_numeric_dtype(series.dtype):
+            return series.astype("float64"), np.zeros(n, dtype=bool)
+        reals = [_as_float(v) if ok else None for v, ok in zip(series.tolist(), present, strict=True)]
+        bad = present & np.array([v is None for v in reals], dtype=bool)
+        return pd.Series([np.nan if v is None else v for v in reals], index=series.index, dtype="float64"), bad
     if col.dtype == "bool":
         if pd.api.types.is_bool_dtype(series.dtype):
-            return series.astype("boolean"), np.zeros(len(series), dtype=bool)
-        values = series.map(_as_bool)
+            return series.astype("boolean"), np.zeros(n, dtype=bool)
+        values = series.map(_as_bool, na_action="ignore")
         bad = present & values.isna().to_numpy()
         return values.astype("boolean"), bad
     if col.dtype == "string":
@@ -141,7 +213,7 @@ def _coerce(series: pd.Series, col: Column) -> tuple[pd.Series, np.ndarray]:
     # timestamp
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         ts = series if getattr(series.dt, "tz", None) is not None else series.dt.tz_localize("UTC")
-        return ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]"), np.zeros(len(series), dtype=bool)
+        return ts.dt.tz_convert("UTC").astype("datetime64[us, UTC]"), np.zeros(n, dtype=bool)
     is_text = series.map(lambda v: isinstance(v, str | pd.Timestamp)).to_numpy(dtype=bool)
     parsed = pd.to_datetime(series.where(is_text), utc=True, errors="coerce", format="ISO8601")
     bad = present & (~is_text | parsed.isna().to_numpy())
@@ -172,8 +244,8 @@ def _range_reasons(values: pd.Series, col: Column, ok: np.ndarray, config: Valid
 
 
 def _to_frame(data: pd.DataFrame | pa.Table) -> pd.DataFrame:
-    if isinstance(data, pa.Table):
-        return data.to_pandas()
+    if isinstance(data, pa.Table):  # nullable ints stay exact (not floats)
+        return data.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}.get)
     if isinstance(data, pd.DataFrame):
         return data.reset_index(drop=True)
     raise TypeError(f"data must be a pandas.DataFrame or pyarrow.Table, got {type(data).__name__}")
@@ -186,6 +258,7 @@ def validate_table(
     config: ValidationConfig | None = None,
     known_ids: Mapping[str, np.ndarray] | None = None,
     impressions: pd.DataFrame | None = None,
+    absent: Mapping[str, Collection[str]] | None = None,
 ) -> ValidationResult:
     """Validate one batch of a contract table.
 
@@ -203,6 +276,12 @@ def validate_table(
     impressions : pandas.DataFrame, optional
         Valid impressions (``impression_id, ts, user_id, item_id``); for events, enables
         the unknown-impression and event-before-impression rules.
+    absent : mapping of column name to file names, optional
+        For rows read from several files (:mod:`features.logfiles`; ``data`` then has
+        ``source_file``): the files that lack a column. Their rows miss that column ("column
+        absent"); other files' rows are judged by their values. A ``raw_<column>`` in ``data``
+        holds the original text of values whose file had another type: present text with a
+        null value is a wrong type.
 
     Returns
     -------
@@ -225,9 +304,13 @@ def validate_table(
     df = _to_frame(data)
     n = len(df)
     problems = _Problems(n)
-    extra = [c for c in df.columns if c not in spec.column_names]
+    extra = [c for c in df.columns if c not in spec.column_names and c != SOURCE_FILE_COLUMN
+             and not str(c).startswith(RAW_PREFIX)]
     if extra:
         logger.warning("%s: ignoring columns outside the contract: %s", table, extra)
+    absent = dict(absent or {})
+    if absent and SOURCE_FILE_COLUMN not in df.columns:
+        raise ValueError(f"absent: naming files needs a {SOURCE_FILE_COLUMN!r} column in data")
 
     columns: dict[str, pd.Series] = {}
     for col in spec.columns:
@@ -237,11 +320,17 @@ def validate_table(
                 problems.add(np.ones(n, dtype=bool), f"{col.name}: missing required field (column absent)")
             columns[col.name] = values
             continue
-        values, bad = _coerce(df[col.name], col)
+        values, bad = coerce_values(df[col.name], col)
+        raw = f"{RAW_PREFIX}{col.name}"
+        if raw in df.columns:  # read from a file whose column had another type
+            bad = bad | (df[raw].notna().to_numpy() & values.isna().to_numpy())
         problems.add(bad, f"{col.name}: wrong type, expected {col.dtype}")
         null = values.isna().to_numpy() & ~bad
+        lacking = (df[SOURCE_FILE_COLUMN].isin(list(absent[col.name])).to_numpy(dtype=bool)
+                   if col.name in absent else np.zeros(n, dtype=bool))
         if col.required:
-            problems.add(null, f"{col.name}: missing required field")
+            problems.add(null & lacking, f"{col.name}: missing required field (column absent)")
+            problems.add(null & ~lacking, f"{col.name}: missing required field")
         _range_reasons(values, col, ~null & ~bad, config, problems)
         columns[col.name] = values
 
@@ -325,12 +414,14 @@ def validate_logs(
     tables: Mapping[str, pd.DataFrame | pa.Table],
     *,
     config: ValidationConfig | None = None,
+    absent: Mapping[str, Mapping[str, Collection[str]]] | None = None,
 ) -> dict[str, ValidationResult]:
     """Validate a set of contract tables together, resolving references between them.
 
     Tables are validated in dependency order, and each foreign key is checked against
     the *valid* rows of the table it references (so an item of a quarantined seller is
     quarantined too). A referenced table missing from ``tables`` is not checked against.
+    ``absent`` holds each table's ``absent`` argument of :func:`validate_table`.
 
     Raises
     ------
@@ -346,7 +437,8 @@ def validate_logs(
         if name not in tables:
             continue
         imps = results["impressions"].valid if name == "events" and "impressions" in results else None
-        res = validate_table(name, tables[name], config=config, known_ids=known, impressions=imps)
+        res = validate_table(name, tables[name], config=config, known_ids=known, impressions=imps,
+                             absent=(absent or {}).get(name))
         results[name] = res
         known[name] = res.valid[TABLES[name].primary_key].to_numpy(dtype=np.int64)
     return results

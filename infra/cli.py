@@ -42,30 +42,35 @@ def _cmd_simulate(args: argparse.Namespace, config: FeedrankConfig) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace, config: FeedrankConfig) -> int:
-    import pyarrow.dataset as ds
+    import json
 
-    from features.contract import TABLE_ORDER
-    from features.validation import validate_logs
+    from features.logfiles import UNREADABLE_FILES, validate_files
 
     root = Path(args.logs)
-    tables = {t: ds.dataset(root / t, format="parquet").to_table() for t in TABLE_ORDER if (root / t).is_dir()}
-    if not tables:
+    results, scans = validate_files(str(root), config=config.features.validation)
+    if not results:
         print(f"error: no contract tables under {root}", file=sys.stderr)
         return 2
-    results = validate_logs(tables, config=config.features.validation)
     bad = 0
     for name, res in results.items():
-        print(f"{name:12s} input {res.n_input:>10,}  valid {len(res.valid):>10,}  quarantined {len(res.quarantined):>8,}")
+        unreadable = scans[name].unreadable_report()
+        print(f"{name:12s} input {res.n_input:>10,}  valid {len(res.valid):>10,}  quarantined {len(res.quarantined):>8,}"
+              + (f"  unreadable files {len(unreadable):,}" if unreadable else ""))
         for reason, count in res.reason_counts().items():
             print(f"    {count:>8,}  {reason}")
-        bad += len(res.quarantined)
-        if args.quarantine and len(res.quarantined):
+        for f in unreadable:
+            print(f"    file {f['file']}: {f['reason']}")
+        bad += len(res.quarantined) + len(unreadable)
+        if args.quarantine and (len(res.quarantined) or unreadable):
             qdir = Path(args.quarantine)
             qdir.mkdir(parents=True, exist_ok=True)
+        if args.quarantine and len(res.quarantined):
             res.quarantined.astype({c: str for c in res.quarantined.columns if res.quarantined[c].dtype == object}) \
                 .to_parquet(qdir / f"{name}.parquet", index=False)
+        if args.quarantine and unreadable:
+            (qdir / f"{name}{UNREADABLE_FILES}").write_text(json.dumps(unreadable, indent=2))
     if args.quarantine and bad:
-        print(f"quarantined rows written to {args.quarantine}")
+        print(f"quarantined rows and the list of unreadable files written to {args.quarantine}")
     return 1 if (bad and args.strict) else 0
 
 
@@ -88,14 +93,30 @@ def _cmd_etl(args: argparse.Namespace, config: FeedrankConfig) -> int:
     except DataCheckError as exc:
         print(f"feedrank etl: data checks failed, nothing published:\n{exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - one line for the user, the trace (Java frames and all) in the debug log
+        logger.debug("feedrank etl failed", exc_info=True)
+        print(f"feedrank etl: failed, nothing published: {_one_line(exc)}", file=sys.stderr)
+        return 1
     for name, t in report.tables.items():
-        print(f"{name:12s} input {t['input']:>11,}  valid {t['valid']:>11,}  quarantined {t['quarantined']:>8,}")
+        unreadable = t.get("unreadable_files", [])
+        print(f"{name:12s} input {t['input']:>11,}  valid {t['valid']:>11,}  quarantined {t['quarantined']:>8,}"
+              + (f"  unreadable files {len(unreadable):,}" if unreadable else ""))
         for reason, count in t["reasons"].items():
             print(f"    {count:>8,}  {reason}")
+        for f in unreadable:
+            print(f"    file {f['file']}: {f['reason']}")
     rows = sum(d["rows"] for d in report.outputs["training"].values())
     print(f"wrote {rows:,} training rows for {len(report.dates)} day(s) to {out} in {report.seconds:.1f} s "
           f"({report.impressions_per_second:,.0f} impressions/s); report in {out}/_reports/")
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message; for an error raised in Spark's JVM, the Java exception's."""
+    java = getattr(exc, "java_exception", None)
+    text = str(java.toString()) if java is not None else str(exc)
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 def _cmd_features(args: argparse.Namespace, config: FeedrankConfig) -> int:
@@ -201,10 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate event logs against the contract",
                        description="Split every contract table under LOGS into valid and quarantined rows "
-                                   "and print the reasons.")
+                                   "and print the reasons, with the ETL's rules: every file is read with the "
+                                   "contract's schema; a file that cannot be read is set aside with its reason.")
     p.add_argument("logs", help="folder holding users/ sellers/ items/ impressions/ events/")
     p.add_argument("--quarantine", metavar="DIR", help="write quarantined rows with reasons here")
-    p.add_argument("--strict", action="store_true", help="exit 1 if any row is quarantined")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any row is quarantined or any file unreadable")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("etl", help="Spark ETL: contract tables -> training rows and feature tables",

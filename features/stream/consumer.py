@@ -2,17 +2,22 @@
 
 One poll is one batch, handled in this order:
 
-1. decode and validate every message (:mod:`features.stream.messages`); send the rejects to
-   the dead-letter topic, unchanged, with the reason in the ``feedrank.error`` header and
-   ``topic/partition/offset`` in ``feedrank.source``;
+1. decode and validate every message (:mod:`features.stream.messages`, which never fails on a
+   message's content); send the rejects to the dead-letter topic, unchanged, with the reason
+   in the ``feedrank.error`` header and ``topic/partition/offset`` in ``feedrank.source``, and
+   wait for those sends;
 2. apply the valid rows to the window state inside one transaction and push the changed
    feature rows to the online store (:meth:`WindowStore.apply`, :class:`OnlineSink`);
-3. wait for the dead-letter sends, commit the state transaction, then commit the offsets.
+3. commit the state transaction, then commit the offsets.
 
 So offsets are committed only after the push (and the dead-letter writes) succeeded:
 delivery is at-least-once, and the state de-duplicates by row id, so a batch handled twice
 counts once. When any step fails the state rolls back, the consumer seeks back to the
-batch's first offsets and tries again after a backoff; nothing is skipped.
+batch's first offsets and tries again after a backoff; nothing is skipped. A rejected message
+is dead-lettered once: the consumer remembers the positions it has dead-lettered until their
+offsets are committed, so a retried batch does not send them again (only a crash between
+the dead-letter send and the offset commit can repeat one; its ``feedrank.source`` header
+tells the copies apart).
 
 Broker restarts: kafka-python reconnects by itself. On every partition assignment the
 consumer seeks to the group's committed offset, or to the beginning where there is none
@@ -48,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 ERROR_HEADER = "feedrank.error"
 SOURCE_HEADER = "feedrank.source"
+_MAX_REASON = 2000  # characters of a reason carried in the dead-letter header
 
 
 @dataclass
@@ -125,6 +131,8 @@ class StreamProcessor:
         self.clock = clock
         self.stats_ = StreamStats()
         self._announce: set[str] = set()
+        # (topic, partition) -> offsets already dead-lettered and not yet committed
+        self._dead_lettered: dict[tuple[str, int], set[int]] = {}
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event | None = None, *, max_seconds: float | None = None,
@@ -147,6 +155,7 @@ class StreamProcessor:
         cfg = self.config
         self.state.open()
         self.stats_ = stats = StreamStats()
+        self._dead_lettered = {}
         self._wait_for_broker(stop)
         consumer = KafkaConsumer(
             group_id=cfg.group_id, client_id=f"feedrank-stream-{cfg.group_id}", enable_auto_commit=False,
@@ -179,6 +188,8 @@ class StreamProcessor:
                     reset = assignments.pending & consumer.assignment()
                     assignments.pending.clear()
                     _seek_to_committed(consumer, reset)
+                    for tp in reset:  # offsets of a partition assigned anew may name other messages
+                        self._dead_lettered.pop((tp.topic, tp.partition), None)
                     self._announce |= {f"{tp.topic}/{tp.partition}" for tp in reset}
                     last_record = last_record or time.monotonic()
                     # what this poll returned for them was read from the old positions
@@ -232,6 +243,7 @@ class StreamProcessor:
         began, cpu_began = time.perf_counter(), time.thread_time()
         now_us = int(self.clock() * 1_000_000)
         decoded = {}
+        rejects: list[tuple[Any, str]] = []
         sources: dict[str, int | None] = dict.fromkeys(self._announce)
         for table, topic in (("impressions", cfg.impressions_topic), ("events", cfg.events_topic)):
             mine = [r for r in records if r.topic == topic]
@@ -245,11 +257,9 @@ class StreamProcessor:
                 partition = np.array([mine[m].partition for m in batch.valid["msg"].tolist()])
                 for p in np.unique(partition).tolist():
                     sources[f"{topic}/{p}"] = int(ts[partition == p].max())
-            for i, reason in batch.rejected:
-                r = mine[i]
-                dead_letters.send(cfg.dead_letter_topic, r.key, r.value, headers=[
-                    (ERROR_HEADER, reason.encode()), (SOURCE_HEADER, f"{r.topic}/{r.partition}/{r.offset}".encode())])
             decoded[table] = batch
+            rejects.extend((mine[i], reason) for i, reason in batch.rejected)
+        sent = self._dead_letter(rejects, dead_letters)
         obs = observations(decoded["impressions"].valid, decoded["events"].valid)
         decoded_at = time.perf_counter()
         with self.state.apply(obs, sources=sources, now=self.clock()) as update:
@@ -257,23 +267,40 @@ class StreamProcessor:
             self.sink.write(update)
             pushed_at = self.clock()
             push_done = time.perf_counter()
-            dead_letters.flush(timeout_s=60.0)
         self._announce.clear()
         stats = self.stats_
-        rejected = sum(len(b.rejected) for b in decoded.values())
+        rejected = len(rejects)
         stats.records += len(records)
         stats.batches += 1
         stats.applied += update.new
         stats.duplicates += update.duplicates + sum(b.repeats for b in decoded.values())
         stats.late += update.late
-        stats.dead_lettered += rejected
         stats.pushed_rows += update.n_rows
         if rejected:
-            logger.warning("stream: %d malformed message(s) sent to %s", rejected, cfg.dead_letter_topic)
+            logger.warning("stream: %d malformed message(s) in the batch, %d sent to %s now", rejected, sent,
+                           cfg.dead_letter_topic)
         return BatchReport(records=len(records), event_ts_us=obs["ts_us"].to_numpy(), pushed_at=pushed_at,
                            watermark_us=update.watermark_us, pushed_rows=update.n_rows,
                            seconds={"decode": decoded_at - began, "state": staged_at - decoded_at,
                                     "push": push_done - staged_at, "cpu": time.thread_time() - cpu_began})
+
+    def _dead_letter(self, rejects: list[tuple[Any, str]], dead_letters: EventPublisher) -> int:
+        """Send each rejected record not dead-lettered before to the dead-letter topic and wait for the
+        sends; count them (``dead_lettered``); return how many were sent."""
+        cfg = self.config
+        fresh = [(r, reason) for r, reason in rejects
+                 if r.offset not in self._dead_lettered.get((r.topic, r.partition), ())]
+        for r, reason in fresh:
+            dead_letters.send(cfg.dead_letter_topic, r.key, r.value, headers=[
+                (ERROR_HEADER, reason[:_MAX_REASON].encode("utf-8", "replace")),
+                (SOURCE_HEADER, f"{r.topic}/{r.partition}/{r.offset}".encode())])
+        if not fresh:
+            return 0
+        dead_letters.flush(timeout_s=60.0)  # raises if any was not delivered: the batch is retried
+        for r, _ in fresh:
+            self._dead_lettered.setdefault((r.topic, r.partition), set()).add(r.offset)
+        self.stats_.dead_lettered += len(fresh)
+        return len(fresh)
 
     def _commit(self, consumer: Any, polled: dict[Any, list[Any]]) -> None:
         from kafka.errors import CommitFailedError, KafkaError
@@ -282,6 +309,10 @@ class StreamProcessor:
         offsets = {tp: OffsetAndMetadata(batch[-1].offset + 1, "", -1) for tp, batch in polled.items() if batch}
         try:
             consumer.commit(offsets=offsets, timeout_ms=10000)
+            for tp, done in offsets.items():  # committed: never redelivered to this group
+                seen = self._dead_lettered.get((tp.topic, tp.partition))
+                if seen:
+                    seen -= {o for o in seen if o < done.offset}
         except CommitFailedError as exc:
             # The group rebalanced (or the broker forgot it): whoever owns the partitions now
             # starts from the last committed offsets, and the state absorbs the repeat.

@@ -9,12 +9,16 @@ microseconds, nulls are JSON ``null``::
 
 Decoding validates a whole poll's messages at once with :func:`features.validation.validate_table`
 (the same rules as the batch ETL); a message that is not a JSON object, breaks a rule, or lies
-more than ``max_future_s`` ahead of the wall clock is rejected with its reason.
+more than ``max_future_s`` ahead of the wall clock is rejected with its reason. Decoding never
+raises on a message's content: should the validator fail on a batch in a way nobody foresaw,
+the messages are validated one by one and those it still fails on are rejected with the error
+as their reason, so one message can never hold up the others.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,9 +28,11 @@ import pyarrow as pa
 
 from features.config import ValidationConfig
 from features.contract import TABLES
-from features.validation import REASON_COLUMN, ROW_COLUMN, validate_table
+from features.validation import REASON_COLUMN, ROW_COLUMN, ValidationResult, validate_table
 
 __all__ = ["DecodedBatch", "STREAM_TABLES", "decode_messages", "encode_rows"]
+
+logger = logging.getLogger(__name__)
 
 #: The contract tables that travel as live events.
 STREAM_TABLES: tuple[str, ...] = ("impressions", "events")
@@ -142,26 +148,30 @@ def decode_messages(table: str, values: Sequence[bytes | None], *, validation: V
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             rejected.append((i, f"value: not valid JSON ({exc})"))
             continue
+        except Exception as exc:  # noqa: BLE001 - e.g. RecursionError on deeply nested arrays
+            rejected.append((i, f"value: not valid JSON ({_describe(exc)})"))
+            continue
         if not isinstance(obj, dict):
             rejected.append((i, f"value: expected a JSON object, got {type(obj).__name__}"))
             continue
         parsed.append(obj)
         index.append(i)
     spec = TABLES[table]
-    frame = pd.DataFrame.from_records(parsed, columns=None if parsed else list(spec.column_names))
-    frame = frame.loc[:, [c for c in frame.columns if c in spec.column_names]]
-    result = validate_table(table, frame, config=validation)
+    # every contract column, even when no message has it: an empty object is a row of nulls
+    frame = pd.DataFrame.from_records(parsed, columns=list(spec.column_names), index=pd.RangeIndex(len(parsed)))
     pos = np.asarray(index, dtype=np.int64)
     repeat_reason = f"{spec.primary_key}: duplicate primary key"
     repeats = 0
-    for row, reasons in zip(result.quarantined[ROW_COLUMN], result.quarantined[REASON_COLUMN], strict=True):
-        if reasons == repeat_reason:
-            repeats += 1
-        else:
-            rejected.append((int(pos[row]), reasons))
-    valid = result.valid
-    ok_rows = np.setdiff1d(np.arange(len(frame)), result.quarantined[ROW_COLUMN].to_numpy(dtype=np.int64))
-    valid = valid.assign(msg=pos[ok_rows])
+    valid_parts: list[pd.DataFrame] = []
+    for rows, result in _validate(table, frame, validation, rejected, pos):
+        for row, reasons in zip(result.quarantined[ROW_COLUMN], result.quarantined[REASON_COLUMN], strict=True):
+            if reasons == repeat_reason:
+                repeats += 1
+            else:
+                rejected.append((int(pos[rows[row]]), reasons))
+        ok_rows = np.setdiff1d(np.arange(len(rows)), result.quarantined[ROW_COLUMN].to_numpy(dtype=np.int64))
+        valid_parts.append(result.valid.assign(msg=pos[rows[ok_rows]]))
+    valid = pd.concat(valid_parts, ignore_index=True) if len(valid_parts) > 1 else valid_parts[0]
     if len(valid):
         ts_us = valid["ts"].astype("int64").to_numpy()
         future = ts_us > now_us + int(max_future_s * 1_000_000)
@@ -170,3 +180,30 @@ def decode_messages(table: str, values: Sequence[bytes | None], *, validation: V
         valid = valid[~future].reset_index(drop=True)
     rejected.sort()
     return DecodedBatch(valid=valid, rejected=rejected, repeats=repeats)
+
+
+def _describe(exc: BaseException, limit: int = 300) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _validate(table: str, frame: pd.DataFrame, validation: ValidationConfig, rejected: list[tuple[int, str]],
+              pos: np.ndarray) -> list[tuple[np.ndarray, ValidationResult]]:
+    """Validate the batch; where the validator raises, each message alone, rejecting those it still fails on.
+
+    Returns (rows of ``frame``, their result) pairs; ``source_row`` of a result indexes its rows.
+    """
+    try:
+        return [(np.arange(len(frame)), validate_table(table, frame, config=validation))]
+    except Exception as exc:  # noqa: BLE001 - a validator bug must not stall the stream
+        logger.warning("stream: the validator failed on a batch of %d %s messages (%s); validating them one by one",
+                       len(frame), table, _describe(exc))
+    out: list[tuple[np.ndarray, ValidationResult]] = []
+    for row in range(len(frame)):
+        try:
+            out.append((np.array([row]), validate_table(table, frame.iloc[[row]], config=validation)))
+        except Exception as exc:  # noqa: BLE001
+            rejected.append((int(pos[row]), f"value: could not be validated ({_describe(exc)})"))
+    if not out:  # keep the shape of a result: no valid rows
+        out.append((np.zeros(0, dtype=np.int64), validate_table(table, frame.iloc[:0], config=validation)))
+    return out

@@ -19,9 +19,12 @@ import pytest
 
 from features.checks import DataCheckError
 from features.config import ChecksConfig, EtlConfig, FeaturesConfig
-from features.contract import arrow_schema
+from features.contract import TABLES, arrow_schema
 from features.etl import FeatureEtl
+from features.logfiles import UNREADABLE_FILES, validate_files
 from features.outputs import TRAINING_BASE, training_feature_names, training_schema
+from infra.cli import main
+from tests.features.messy_logs import plant_messy_files
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "training-data.md"
 DATA_FOLDERS = ("training", "user_features", "item_features", "seller_features", "user_realtime")
@@ -148,14 +151,17 @@ def _plant(logs: Path, target: Path, training: pd.DataFrame) -> dict:
 
 @pytest.fixture(scope="module")
 def planted(spark, small_logs, training, tmp_path_factory):
+    """One ETL run over the small log with planted bad rows, future events and the messy files of
+    ``tests/features/messy_logs.py`` (whose valid events come after the planted time T too)."""
     root = tmp_path_factory.mktemp("planted")
     info = _plant(small_logs, root / "logs", training)
+    messy = plant_messy_files(root / "logs", at=info["t"])
     report = FeatureEtl(FeaturesConfig()).run(spark, str(root / "logs"), str(root / "features"))
-    return info, report, root / "features"
+    return info, report, root / "features", messy, root / "logs"
 
 
 def test_no_feature_sees_a_planted_future_event(planted, training, small_features):
-    info, _, out = planted
+    info, _, out, _, _ = planted
     after = read(out / "training").sort_values("impression_id").reset_index(drop=True)
     assert after["impression_id"].equals(training["impression_id"])
     names = features_of(training)
@@ -182,11 +188,11 @@ def test_no_feature_sees_a_planted_future_event(planted, training, small_feature
 
 
 def test_bad_rows_are_quarantined_with_reasons_never_dropped(planted, small_logs):
-    info, report, out = planted
+    info, report, out, messy, _ = planted
     ev = report.tables["events"]
     original = pq.read_table(small_logs / "events").num_rows
-    assert ev["input"] == original + info["planted_events"]
-    assert ev["quarantined"] == len(info["bad_events"]) + 1
+    assert ev["input"] == messy.rows["events"] > original + info["planted_events"]
+    assert ev["quarantined"] == len(info["bad_events"]) + 1 + len(messy.bad["events"])
     assert ev["valid"] + ev["quarantined"] == ev["input"]
     q = pq.read_table(out / "quarantine" / "events").to_pandas()
     reasons = dict(zip(q["event_id"], q["quarantine_reason"], strict=True))
@@ -203,6 +209,50 @@ def test_bad_rows_are_quarantined_with_reasons_never_dropped(planted, small_logs
     saved = json.loads((out / "_reports" / "latest.json").read_text())
     assert saved["tables"]["events"]["reasons"]["event_id: duplicate primary key"] == 1
     assert saved["status"] == "ok" and saved["checks"]["passed"]
+
+
+def _quarantined(folder: Path, table: str) -> list[tuple[int, str, str]]:
+    pk = TABLES[table].primary_key
+    if not folder.is_dir():
+        return []
+    q = pq.read_table(folder).to_pandas()
+    return sorted(zip(q[pk].astype("int64"), q["source_file"], q["quarantine_reason"], strict=True))
+
+
+def test_messy_files_never_abort_the_etl_and_validate_agrees_row_by_row(planted, capsys):
+    """The corrupted-log table of issue 20: each bad row or file with its reason, the rest goes on."""
+    _, report, out, messy, logs = planted
+    for name, t in report.tables.items():
+        assert t["valid"] + t["quarantined"] == t["input"] == messy.rows[name], name
+    q = pq.read_table(out / "quarantine" / "events").to_pandas().set_index("event_id")
+    for key, reason in messy.bad["events"].items():
+        assert q.loc[key, "quarantine_reason"].startswith(reason), (key, q.loc[key, "quarantine_reason"])
+    assert not set(q.index) & messy.kept["events"]  # "1", "2" and the ids written as text read as numbers
+    text_user = q[q["source_file"] == "part-900-text-user.parquet"]
+    assert list(text_user["raw_user_id"]) == ["user-7"]
+    assert sorted(q.loc[q["source_file"] == "part-901-text-quantity.parquet", "raw_quantity"]) == ["", "2.5"]
+    # the column missing from the first file is missing for that file's rows only
+    assert report.tables["events"]["reasons"]["type: missing required field (column absent)"] == 12
+    assert set(q.index[q["quarantine_reason"].str.contains("column absent")]) == {
+        k for k, r in messy.bad["events"].items() if "column absent" in r}
+    assert [p["column"] for p in report.tables["events"]["schema_problems"]] == ["quantity", "type", "user_id"]
+    unreadable = report.tables["impressions"]["unreadable_files"]
+    assert [f["file"] for f in unreadable] == [messy.unreadable["impressions"]]
+    assert "Parquet magic bytes not found" in unreadable[0]["reason"]
+    assert json.loads((out / "quarantine" / "impressions" / UNREADABLE_FILES).read_text()) == unreadable
+
+    results, scans = validate_files(str(logs))
+    for name, res in results.items():
+        pk = TABLES[name].primary_key
+        mine = sorted(zip(res.quarantined[pk].astype("int64"), res.quarantined["source_file"],
+                          res.quarantined["quarantine_reason"], strict=True))
+        assert mine == _quarantined(out / "quarantine" / name, name), name
+        assert res.n_input == report.tables[name]["input"]
+        assert scans[name].unreadable_report() == report.tables[name]["unreadable_files"]
+    assert main(["validate", str(logs)]) == 0
+    printed = capsys.readouterr().out
+    assert "unreadable files 1" in printed and "12  type: missing required field (column absent)" in printed
+
 
 
 # ---------------------------------------------------------------------------------- determinism, re-runs, checks

@@ -49,12 +49,19 @@ def bad_logs() -> dict[str, pd.DataFrame]:
     return {"sellers": sellers, "users": users, "items": items, "impressions": impressions, "events": events}
 
 
+NESTED = "day=1/part +1.parquet"  # the last three events, in a subfolder, under a name Spark's URIs encode
+
+
 def _write(tables: dict[str, pd.DataFrame], root) -> dict[str, pa.Table]:
     arrow = {}
     for name, frame in tables.items():
         (root / name).mkdir(parents=True)
         arrow[name] = pa.Table.from_pandas(frame, preserve_index=False)
-        pq.write_table(arrow[name], root / name / "part-0.parquet", coerce_timestamps="us")
+        split = len(frame) - 3 if name == "events" else len(frame)
+        pq.write_table(arrow[name].slice(0, split), root / name / "part-0.parquet", coerce_timestamps="us")
+        if split < len(frame):
+            (root / name / NESTED).parent.mkdir()
+            pq.write_table(arrow[name].slice(split), root / name / NESTED, coerce_timestamps="us")
     return arrow
 
 
@@ -63,7 +70,7 @@ def flagged(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("badlogs")
     arrow = _write(bad_logs(), root)
     expected = validate_logs(arrow, config=ValidationConfig())
-    got = flag_logs(spark, str(root), config=ValidationConfig())
+    got = flag_logs(spark, str(root), config=ValidationConfig(), work=str(root / "_work"))
     return expected, got
 
 
@@ -100,14 +107,17 @@ def test_reasons_cover_every_kind_planted(flagged):
         assert reason in text, reason
 
 
-def test_nanosecond_timestamps_are_a_readable_schema_error(spark, tmp_path):
+def test_nanosecond_timestamps_are_read_as_microseconds_and_a_missing_folder_is_named(spark, tmp_path):
     frame = bad_logs()["sellers"]
     (tmp_path / "sellers").mkdir()
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp_path / "sellers" / "p.parquet")
-    with pytest.raises(ValueError, match="table sellers: .* nanosecond timestamps"):
-        flag_logs(spark, str(tmp_path), config=ValidationConfig(), tables=("sellers",))
-    with pytest.raises(FileNotFoundError, match="table users: no Parquet data"):
-        flag_logs(spark, str(tmp_path), config=ValidationConfig(), tables=("users",))
+    got = flag_logs(spark, str(tmp_path), config=ValidationConfig(), work=str(tmp_path / "_work"),
+                    tables=("sellers",))["sellers"]
+    assert [(p.column, p.found) for p in got.schema_problems] == [("created_ts", "timestamp[ns, tz=UTC]"),
+                                                                   ("rating", "string")]
+    assert got.valid.count() == 2 and got.quarantined.count() == 1  # seller 3's rating "n/a"
+    with pytest.raises(FileNotFoundError, match="table users: no folder at"):
+        flag_logs(spark, str(tmp_path), config=ValidationConfig(), work=str(tmp_path / "_work"), tables=("users",))
 
 
 def test_quarantined_rows_name_their_file(flagged):
@@ -115,3 +125,6 @@ def test_quarantined_rows_name_their_file(flagged):
     rows = got["sellers"].quarantined.toPandas()
     assert list(rows["source_file"]) == ["part-0.parquet"]
     assert list(rows["raw_rating"]) == ["n/a"]  # the value as it came in
+    events = got["events"].quarantined.toPandas().set_index("event_id")
+    assert events.loc[7, "source_file"] == NESTED  # its path below the table's folder, decoded
+    assert set(events["source_file"]) == {"part-0.parquet", NESTED}

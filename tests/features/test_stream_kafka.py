@@ -8,6 +8,7 @@ thing that did not happen.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -198,35 +199,81 @@ def test_an_event_becomes_a_feature_in_the_online_store(broker: KafkaBroker, sto
     assert consumer.stats.applied == 2 and consumer.stats.dead_lettered == 0
 
 
-def test_poison_messages_go_to_the_dead_letter_topic_with_their_reason(broker: KafkaBroker, store,
-                                                                       tmp_path: Path) -> None:
+def _poison(good_event: bytes, good_impression: bytes) -> list[tuple[str, bytes, str]]:
+    """One message of every kind that broke the consumer, as (table, value, reason the dead letter must carry)."""
+    ev, imp = json.loads(good_event), json.loads(good_impression)
+    ids = itertools.count(10**15)
+
+    def event(**changes) -> bytes:
+        return json.dumps({**ev, "event_id": next(ids), **changes}).encode()
+
+    def impression(**changes) -> bytes:
+        return json.dumps({**imp, "impression_id": next(ids), **changes}).encode()
+
+    return [
+        ("events", event(user_id=2**70), "user_id: wrong type, expected int64"),
+        ("events", event(event_id=2**64), "event_id: wrong type, expected int64"),
+        ("impressions", impression(position=2**40), "position: wrong type, expected int32"),
+        ("events", b"{}", "event_id: missing required field; ts: missing required field"),
+        ("impressions", b"{}", "impression_id: missing required field"),
+        ("events", event(quantity="many"), "quantity: wrong type, expected int64"),
+        ("events", event(ts=12345), "ts: wrong type, expected timestamp"),
+        ("events", event(type=["click"]), "type: wrong type, expected string"),
+        ("events", event(user_id=True), "user_id: wrong type, expected int64"),
+        ("impressions", impression(randomized="maybe", propensity=[0.5]),
+         "randomized: wrong type, expected bool; propensity: wrong type, expected float64"),
+        ("events", event(type="like"), "type: must be one of"),
+        ("events", event(user_id=-5), "user_id: must be >= 0"),
+        ("events", b"{not json", "value: not valid JSON"),
+        ("events", b"\xff\x00\x01", "value: not valid JSON"),
+        ("impressions", b"[" * 100_000, "value: not valid JSON (RecursionError"),
+        ("events", b"[1, 2]", "value: expected a JSON object, got list"),
+    ]
+
+
+def test_poison_messages_go_to_the_dead_letter_topic_once_and_the_good_ones_are_applied(
+        broker: KafkaBroker, store, tmp_path: Path, replay_log) -> None:
+    _, imp, ev = replay_log
+    imp, ev = imp.iloc[:400], ev.iloc[:60]
     cfg = _stream_config(broker.bootstrap_servers)
-    imp, ev = _now_rows(5, 6, impression_id=1, event_id=1)
-    (_, good), = encode_rows("events", ev)
-    poison = [b"{not json", good.replace(b'"type":"click"', b'"type":"like"'),
-              good.replace(b'"user_id":5', b'"user_id":-5').replace(b'"event_id":1', b'"event_id":2')]
+    good = {"impressions": encode_rows("impressions", imp), "events": encode_rows("events", ev)}
+    poison = _poison(good["events"][0][1], good["impressions"][0][1])
     ensure_topics(cfg)
-    with EventPublisher(cfg) as publisher:
-        for value in poison:
-            publisher.send(cfg.events_topic, b"5", value)
-        publisher.publish("events", ev)
+    topic = {"impressions": cfg.impressions_topic, "events": cfg.events_topic}
     consumer = _Consumer(cfg, store, tmp_path / "state.sqlite")
     try:
-        wait_for(lambda: consumer.stats.records >= 4, 30, "the consumer to read the four messages")
-        # the good message of the same batch was applied, not held back
-        wait_for(lambda: _online(store, "user_rolling", "user_id", [5], ["f_user_clicks_1h"]).loc[5].iloc[0] == 1,
-                 10, "user 5's click in the online store")
+        # a poll that brings nothing but empty objects
+        with EventPublisher(cfg) as publisher:
+            publisher.send(cfg.events_topic, b"1", b"{}")
+            publisher.send(cfg.impressions_topic, b"1", b"{}")
+        wait_for(lambda: _committed(cfg) == 2, 30, "the two empty objects to be handled and committed")
+        assert consumer.stats.dead_lettered == 2 and consumer.stats.applied == 0
+        # then every kind of poison among good messages, each in the middle of its topic's share
+        with EventPublisher(cfg) as publisher:
+            for table in ("impressions", "events"):
+                mine = [(value, None) for _, value in good[table]]
+                for k, (t, value, _) in enumerate(p for p in poison if p[0] == table):
+                    mine.insert(len(mine) // 2 + k, (value, t))
+                for value, _ in mine:
+                    publisher.send(topic[table], b"7", value)
+        total = 2 + len(good["impressions"]) + len(good["events"]) + len(poison)
+        wait_for(lambda: _committed(cfg) == total, 60, f"all {total} messages to be committed", every_s=0.2)
     finally:
         consumer.close()
-    assert consumer.stats.dead_lettered == 3
+    stats = consumer.stats
+    assert stats.failed_attempts == 0  # no batch was held up, none retried
+    assert stats.dead_lettered == 2 + len(poison)
+    assert stats.applied == len(imp) + len(ev)
 
-    got = read_messages(cfg.servers, [(cfg.dead_letter_topic, p) for p in range(cfg.partitions)], expected=3)
-    assert sorted(m.value for m in got) == sorted(poison)
-    reasons = {m.value: dict(m.headers)[ERROR_HEADER].decode() for m in got}
-    assert reasons[poison[0]].startswith("value: not valid JSON")
-    assert reasons[poison[1]].startswith("type: must be one of")
-    assert reasons[poison[2]].startswith("user_id: must be >= 0")
-    assert all(dict(m.headers)[SOURCE_HEADER].decode().startswith(f"{cfg.events_topic}/") for m in got)
+    dead = read_messages(cfg.servers, [(cfg.dead_letter_topic, p) for p in range(cfg.partitions)],
+                         expected=3 + len(poison), timeout_s=3)  # one more than sent: a repeat would show
+    assert len(dead) == 2 + len(poison)
+    assert sorted(m.value for m in dead) == sorted([b"{}", b"{}"] + [v for _, v, _ in poison])
+    reasons = {(dict(m.headers)[SOURCE_HEADER].decode().rsplit("/", 2)[0], m.value): dict(m.headers)[ERROR_HEADER]
+               .decode() for m in dead}
+    for table, value, reason in poison:
+        assert reasons[(topic[table], value)].startswith(reason), (value[:80], reasons[(topic[table], value)])
+    _assert_online_equals_batch(store, imp, ev)
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,12 @@ def test_arrow_rows_with_nullable_ints_stay_ints() -> None:
      "user_id: must be >= 0"),
     (b'{"event_id": 1, "ts": "2026-01-06T12:00:00Z", "user_id": 7, "item_id": 1, "type": "click", "quantity": 1}',
      "ts: more than 300 s ahead of the wall clock"),
+    (b'{"event_id": 1, "ts": "2026-01-06T10:00:00Z", "user_id": 1180591620717411303424, "item_id": 1, '
+     b'"type": "click", "quantity": 1}', "user_id: wrong type, expected int64"),  # 2**70
+    (b'{"event_id": 1, "ts": "2026-01-06T10:00:00Z", "user_id": 7, "item_id": 1, "type": ["click"], '
+     b'"quantity": {"n": 1}}', "type: wrong type, expected string; quantity: wrong type, expected int64"),
+    (b"{}", "event_id: missing required field; ts: missing required field"),
+    (b"[" * 100_000, "value: not valid JSON (RecursionError"),
 ])
 def test_malformed_messages_are_rejected_with_their_reason(value: bytes | None, reason: str) -> None:
     good = encode_rows("events", _events(1))[0][1]
@@ -69,6 +75,31 @@ def test_malformed_messages_are_rejected_with_their_reason(value: bytes | None, 
     assert [i for i, _ in decoded.rejected] == [1]
     assert reason in decoded.rejected[0][1]
     assert decoded.valid["msg"].tolist() == [0, 2]
+
+
+def test_a_batch_of_empty_objects_is_rejected_message_by_message() -> None:
+    decoded = _decode("events", [b"{}", b"{}"])
+    assert [i for i, _ in decoded.rejected] == [0, 1] and len(decoded.valid) == 0
+
+
+def test_a_validator_failure_nobody_foresaw_rejects_only_the_messages_it_fails_on(monkeypatch) -> None:
+    """Fault injection: the validator raises on any batch holding event 13, as a bug would."""
+    import features.stream.messages as messages
+
+    real = messages.validate_table
+
+    def failing(table, frame, **kwargs):
+        if (frame["event_id"] == 13).any():
+            raise TypeError("int() argument must be a string, a bytes-like object or a real number")
+        return real(table, frame, **kwargs)
+
+    monkeypatch.setattr(messages, "validate_table", failing)
+    good = encode_rows("events", _events(1))[0][1]
+    values = [good, good.replace(b'"event_id":10', b'"event_id":13'), good.replace(b'"event_id":10', b'"event_id":11')]
+    decoded = _decode("events", values)
+    assert decoded.rejected == [(1, "value: could not be validated (TypeError: int() argument must be a string, "
+                                    "a bytes-like object or a real number)")]
+    assert decoded.valid["msg"].tolist() == [0, 2] and decoded.valid["event_id"].tolist() == [10, 11]
 
 
 def test_a_repeat_within_the_batch_is_not_an_error() -> None:

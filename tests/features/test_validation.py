@@ -8,8 +8,14 @@ import pyarrow.dataset as ds
 import pytest
 
 from features.config import ValidationConfig
-from features.contract import TABLE_ORDER
-from features.validation import REASON_COLUMN, ROW_COLUMN, validate_logs, validate_table
+from features.contract import TABLE_ORDER, Column
+from features.validation import (
+    REASON_COLUMN,
+    ROW_COLUMN,
+    coerce_values,
+    validate_logs,
+    validate_table,
+)
 
 T0 = pd.Timestamp("2026-01-05 12:00", tz="UTC")
 
@@ -158,3 +164,45 @@ def test_simulated_logs_pass_the_validator(small_logs):
         assert len(res.quarantined) == 0, (name, res.reason_counts())
         assert len(res.valid) == tables[name].num_rows
     assert np.isin(results["events"].valid["type"].unique(), ["click", "add_to_cart", "purchase"]).all()
+
+
+BIG = 2**62 + 1  # exact as an int, not as a float
+
+
+@pytest.mark.parametrize(("dtype", "values", "expected"), [
+    ("int64", [3, "3", " 4 ", 3.0, "5.0", "1e3", BIG, str(BIG)], [3, 3, 4, 3, 5, 1000, BIG, BIG]),
+    ("int64", [2**63, -(2**63) - 1, 2**70, 2.5, "2.5", "", "three", True, [1], {"a": 1}, float("inf")], [None] * 11),
+    ("int32", [2**31 - 1, -(2**31), 2**31, 2**40], [2**31 - 1, -(2**31), None, None]),
+    ("float64", [1, "1.5", 2**70, "x", [1], False], [1.0, 1.5, float(2**70), None, None, None]),
+    ("bool", [True, 0, "false", "yes", 2], [True, False, False, None, None]),
+    ("string", ["a", 1, ["a"]], ["a", None, None]),
+])
+def test_coerce_values_reads_exact_values_and_never_raises(dtype, values, expected):
+    """One definition of "reads as the contract type", for files and messages alike."""
+    got, bad = coerce_values(pd.Series(values + [None], dtype=object), Column("c", dtype))
+    assert [None if pd.isna(v) else v for v in got.tolist()] == expected + [None]
+    assert bad.tolist() == [e is None for e in expected] + [False]  # a missing value is not a wrong type
+
+
+@pytest.mark.parametrize(("dtype", "series", "expected"), [
+    ("int64", pd.Series([1, BIG], dtype="int64"), [1, BIG]),
+    ("int32", pd.Series([1, 2**40], dtype="int64"), [1, None]),
+    ("int64", pd.Series([1.0, 2.5, np.nan]), [1, None, None]),
+    ("int64", pd.Series([1, 2**64 - 1], dtype="uint64"), [1, None]),
+    ("int64", pd.Series([1, None], dtype="Int64"), [1, None]),
+])
+def test_coerce_values_of_typed_columns(dtype, series, expected):
+    got, bad = coerce_values(series, Column("c", dtype))
+    assert [None if pd.isna(v) else int(v) for v in got.tolist()] == expected
+    assert bad.tolist() == [e is None and pd.notna(v) for e, v in zip(expected, series.tolist(), strict=True)]
+
+
+def test_rows_from_several_files_miss_a_column_only_where_their_file_lacked_it():
+    frame = good_logs()["users"].assign(source_file=["a.parquet", "b.parquet"], country=[None, None],
+                                        raw_device=[None, "42"], device=["mobile", None])
+    res = validate_table("users", frame, absent={"country": ["a.parquet"]})
+    assert res.quarantined[REASON_COLUMN].tolist() == [
+        "country: missing required field (column absent)",
+        "country: missing required field; device: wrong type, expected string"]
+    with pytest.raises(ValueError, match="source_file"):
+        validate_table("users", good_logs()["users"], absent={"country": ["a.parquet"]})

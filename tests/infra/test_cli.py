@@ -1,9 +1,10 @@
+import json
 import subprocess
 import sys
 
 import pytest
 
-from infra.cli import build_parser, main
+from infra.cli import _one_line, build_parser, main
 
 SUBCOMMANDS = [a for a in build_parser()._subparsers._group_actions[0].choices]  # noqa: SLF001
 
@@ -28,3 +29,20 @@ def test_simulate_then_validate(tmp_path, capsys):
 def test_invalid_flag_value_names_the_key(capsys):
     assert main(["simulate", "--users", "0"]) == 2
     assert "experiments.simulator.users must be >= 1" in capsys.readouterr().err
+
+
+def test_etl_command_fails_in_one_line(spark, tmp_path, capsys):
+    """A table with no readable file stops the ETL with one line naming it; no Java frames reach the user."""
+    (tmp_path / "logs" / "sellers").mkdir(parents=True)
+    (tmp_path / "logs" / "sellers" / "part-0.parquet").write_bytes(b"PAR1 and then nothing")
+    config = tmp_path / "feedrank.yaml"
+    config.write_text(json.dumps({"features": {"spark": {"master": "local[2]", "driver_memory": "2g",
+                                                         "shuffle_partitions": 2, "progress_seconds": 0}}}))
+    assert main(["--config", str(config), "etl", str(tmp_path / "logs"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("feedrank etl: failed, nothing published: ValueError: table sellers: no valid rows")
+    assert "1 unreadable file" in err[-1]
+    with pytest.raises(Exception) as raised:  # an error raised in the JVM: its Java exception's first line
+        spark.sparkContext._jvm.java.lang.Long.parseLong("x")  # noqa: SLF001
+    line = _one_line(raised.value)
+    assert "\n" not in line and line.endswith('NumberFormatException: For input string: "x"'), line
