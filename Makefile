@@ -49,6 +49,7 @@ bench: install
 	$(PY) benchmarks/ab_simulation.py --work build/bench/ab-work --out build/bench/ab_simulation.json  # truth table, waterfall
 	$(PY) benchmarks/rerank_frontier.py --work build/bench/ab-work --out build/bench/rerank_frontier.json
 	@if [ -d ../shared/data/yahoo_ltr ]; then $(PY) benchmarks/bench_yahoo_ltr.py --data ../shared/data/yahoo_ltr --out build/bench/yahoo_ltr.json; else echo "skip bench_yahoo_ltr: ../shared/data/yahoo_ltr is absent"; fi
+	@if [ -d ../shared/data/yahoo_ltr ]; then $(PY) benchmarks/bench_yahoo_calibration.py --data ../shared/data/yahoo_ltr --out build/bench/yahoo_calibration.json; else echo "skip bench_yahoo_calibration: ../shared/data/yahoo_ltr is absent"; fi
 
 lint: install
 	$(VENV)/bin/ruff check .

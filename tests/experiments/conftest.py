@@ -30,9 +30,9 @@ from experiments.truth import StagedPipelinePolicy
 
 # The pre-period is served by the simulator's exploring incumbent; a tenth of its requests are
 # randomized, so that two days hold enough randomized traffic to estimate position bias.
-FULL_SYSTEM_SIM = SimulatorConfig(users=1500, items=600, sellers=30, categories=10, days=4, seed=21,
+FULL_SYSTEM_SIM = SimulatorConfig(users=1200, items=600, sellers=30, categories=10, days=6, seed=21,
                                   randomized_share=0.1)
-FULL_SYSTEM_DESIGN = ABSimulationConfig(pre_days=2, experiment_days=2, salt="test-full-system-1")
+FULL_SYSTEM_DESIGN = ABSimulationConfig(pre_days=4, experiment_days=2, salt="test-full-system-1")
 
 
 class _StopBeforeEvaluation(Exception):

@@ -368,6 +368,7 @@ def test_the_full_system_beats_popularity_on_the_truth(full_system_ab):
     """On the simulator's exact expectations, side by side on the same requests: the trained bundle
     earns more GMV than the popularity incumbent and the oracle bounds everybody."""
     gmv = full_system_ab["result"].per_user("gmv")
+    print("expected GMV per user:", {k: round(v, 2) for k, v in gmv.items()})
     assert gmv["treatment"] > 1.1 * gmv["control"], gmv
     assert gmv["oracle"] > max(v for k, v in gmv.items() if k != "oracle"), gmv
     assert gmv["stage_retrieval_ceiling"] >= gmv["stage_model"], gmv
