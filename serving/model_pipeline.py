@@ -95,7 +95,8 @@ class ModelPipeline(PipelineBase):
             margin = self.snapshot.margin_rate[rows] if self.use_margin else None
             scored = self.scorer.score(X, price=self.snapshot.price[rows], margin=margin)
         return Scored(rows=rows, score=scored.score, p_purchase=scored.purchase_probability,
-                      expected_gmv=scored.expected_gmv, fallbacks=tuple(fallbacks), features=X, ranker_score=scored.ranker_score,
+                      expected_gmv=scored.expected_gmv, fallbacks=tuple(fallbacks), features=X,
+                      ranker_score=getattr(scored, "ranker_score", None),
                       feature_names=self.assembler.feature_names)
 
     def _explain(self, scored: Scored, order: np.ndarray, top: int) -> list | None:
