@@ -231,8 +231,11 @@ def shuffled_label_bundle(report_bundle: Path, features_dir: Path, config: Feedr
     labels = ["label", "clicked", *[c for c in frame.columns if c.startswith("purchased")]]
     order = np.random.default_rng(0).permutation(len(frame))
     frame[labels] = frame[labels].to_numpy()[order]  # each row gets another row's outcomes
-    ranking_cfg = dataclasses.replace(config.ranking, compile=dataclasses.replace(config.ranking.compile,
-                                                                                  enabled=False))
+    from infra.train import effective_purchase_label
+
+    label, _ = effective_purchase_label(frame, config.ranking)  # as the batch job does on a short log
+    ranking_cfg = dataclasses.replace(config.ranking, purchase_label=label,
+                                      compile=dataclasses.replace(config.ranking.compile, enabled=False))
     shutil.rmtree(dst / "ranking")
     with warnings.catch_warnings():  # compiling is off on purpose
         warnings.simplefilter("ignore", CompiledModelUnavailableWarning)
