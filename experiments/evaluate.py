@@ -525,7 +525,13 @@ def _estimate_text(est: dict[str, Any]) -> str:
     if est["value"] is None:
         return f"undefined ({est.get('note', 'not computable')})"
     text = f"{_fmt(est['value'])} [{_fmt(est['ci_low'])}, {_fmt(est['ci_high'])}]"
-    return f"{text} ({est['note']})" if est.get("note") else text
+    if est.get("note"):
+        return f"{text} ({est['note']})"
+    if est["value"] == 0 and est.get("ci_low") == 0 and est.get("ci_high") == 0 and est.get("support"):
+        # a zero that means "no data": the supporting rows hold no purchase at all
+        return (f"{text} (no purchase among the {est['support']:,} supporting impressions: too few to estimate, "
+                "not evidence of no value)")
+    return text
 
 
 _NDCG_UNDEFINED = "undefined: no request with a relevant item"

@@ -192,15 +192,15 @@ class _StageView:
 
 
 def truth_table(gmv_per_user: Mapping[str, float], *, baseline: str = "popularity",
-                labels: Mapping[str, str] | None = None) -> str:
-    """A plain-text table of expected GMV per user and its ratio to ``baseline``, best first."""
+                labels: Mapping[str, str] | None = None, unit: str = "GMV/user") -> str:
+    """A plain-text table of expected GMV (per user, or ``unit``) and its ratio to ``baseline``, best first."""
     base = gmv_per_user.get(baseline, float("nan"))
     width = max([len(k) for k in gmv_per_user] + [len("policy")])
-    lines = [f"{'policy':{width}s}  {'GMV/user':>9s}  {'x ' + baseline:>14s}"]
+    lines = [f"{'policy':{width}s}  {unit:>11s}  {'x ' + baseline:>14s}"]
     for arm, value in sorted(gmv_per_user.items(), key=lambda kv: -kv[1]):
         ratio = value / base if base and math.isfinite(base) else float("nan")
         note = f"  {labels[arm]}" if labels and arm in labels else ""
-        lines.append(f"{arm:{width}s}  {value:9.3f}  {ratio:13.2f}x{note}")
+        lines.append(f"{arm:{width}s}  {value:11.3f}  {ratio:13.2f}x{note}")
     return "\n".join(lines)
 
 

@@ -129,7 +129,7 @@ def _print_truth(config_path: Path, data: Path) -> None:
     shown = {k: v for k, v in gmv.items() if k in notes}
     print(f"expected GMV per request on {judged['requests']:,} requests of day {judged['day']} (after the logs), "
           "exact under the simulator's buyer model:")
-    print(truth_table(shown, baseline="popularity", labels=notes))
+    print(truth_table(shown, baseline="popularity", labels=notes, unit="GMV/request"))
     diag = judged["diagnostics"]
     print(f"model vs logged policy: {gmv['full_system'] / gmv['logged_policy']:.2f}x; Spearman(score, true value) "
           f"within candidates {diag['spearman']['model']:.2f}; served P / true P {diag['served_p_over_true_p']:.2f}")

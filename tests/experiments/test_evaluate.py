@@ -289,3 +289,11 @@ def test_cli_evaluate_writes_the_report_and_logs_to_a_run(logged, tmp_path, mlfl
     assert main(["evaluate", str(csv), "--out", str(tmp_path / "bad")]) == 2
     assert "missing ['propensity']" in capsys.readouterr().err
     assert len(read_scored(csv)) == 4
+
+
+def test_a_zero_estimate_from_supporting_rows_without_a_purchase_says_so():
+    from experiments.evaluate import _estimate_text
+
+    text = _estimate_text({"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "support": 203})
+    assert "no purchase among the 203 supporting impressions" in text
+    assert _estimate_text({"value": 0.5, "ci_low": 0.1, "ci_high": 0.9, "support": 203}).endswith("]")
