@@ -454,9 +454,9 @@ def _run(simulator: MarketplaceSimulator, control: RankingPolicy, treatment: Ran
             reqs = requests.take(slice(lo, lo + cfg.chunk_requests))
             randomized = propensity = None
             if exploring:
-                feeds = simulator.logging_policy.serve(len(reqs), available,
-                                                       np.random.default_rng([cfg.seed, day, c, 204]))
-                served, randomized, propensity = feeds.served, feeds.randomized, feeds.propensity
+                logged = simulator.logging_policy.serve(len(reqs), available,
+                                                        np.random.default_rng([cfg.seed, day, c, 204]))
+                served, randomized, propensity = logged.served, logged.randomized, logged.propensity
                 names: np.ndarray | str = np.where(randomized, RANDOM_POLICY_NAME, LOGGING_POLICY_NAME)
             else:
                 served = _serve(control, reqs, available, np.random.default_rng([cfg.seed, day, c, 201]),

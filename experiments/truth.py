@@ -288,7 +288,7 @@ def judge_bundle(simulator: MarketplaceSimulator, bundle_dir: str | Path, log_di
         judge(f"stage_{stage}", full.stage(stage).serve(requests, available, rng))
     logged = simulator.logging_policy.serve(len(requests), available, np.random.default_rng(seed + 1))
     judge("logged_policy", logged.served)
-    others = {"popularity": PopularityPolicy.from_simulator(simulator),
+    others: dict[str, Any] = {"popularity": PopularityPolicy.from_simulator(simulator),
               "popularity_logs": PopularityPolicy.from_history(history, feed_length=length),
               "category_affinity": HistoryAffinityPolicy.from_history(history, feed_length=length),
               "oracle": OraclePolicy(simulator)}

@@ -214,7 +214,9 @@ Calibrator = IsotonicCalibrator | PlattCalibrator | IdentityCalibrator
 
 
 def _new(kind: str) -> Calibrator:
-    return {"isotonic": IsotonicCalibrator, "platt": PlattCalibrator, "none": IdentityCalibrator}[kind]()
+    if kind == "isotonic":
+        return IsotonicCalibrator()
+    return PlattCalibrator() if kind == "platt" else IdentityCalibrator()
 
 
 def load_calibrator(path: str | os.PathLike[str]) -> Calibrator:

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -178,7 +179,7 @@ def train_two_tower(log: EventLog, config: RetrievalConfig, *, train_end_us: int
     start = first_us if train_start_us is None else int(train_start_us)
     catalog = ItemCatalog.from_log(log, mc)
     history = UserHistory(log, catalog, mc, end_us=train_end_us)
-    build = dict(positive_types=tc.positive_types, purchase_weight=tc.purchase_weight)
+    build: dict[str, Any] = dict(positive_types=tc.positive_types, purchase_weight=tc.purchase_weight)
     if tc.validation_split == "last":
         val_start = int(train_end_us)
         held_out = _last_positive_rows(log, history, catalog, config, start_us=start, end_us=val_start)
