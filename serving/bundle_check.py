@@ -259,7 +259,10 @@ def ensure_checked(bundle_dir: str | os.PathLike[str], *, timeout_seconds: float
     except FileNotFoundError:
         pass
     check_bundle_isolated(root, timeout_seconds=timeout_seconds)
-    tmp = root / f"{CHECKED_MARKER}.{os.getpid()}.tmp"
+    # one temporary name per process *and* thread: replicas in one process check the same folder at once
+    import threading
+
+    tmp = root / f"{CHECKED_MARKER}.{os.getpid()}.{threading.get_ident()}.tmp"
     tmp.write_text(digest + "\n")
     os.replace(tmp, marker)
 
