@@ -364,12 +364,14 @@ def test_a_worse_challenger_is_rolled_back_automatically(bundles, marketplace_fo
     assert final.status == "rolled_back" and final.challenger_share == 0.0
     assert [t.action for t in final.history] == ["gate_skipped", "advance", "rollback", "aliases_restored"]
     rollback = final.history[-2]
-    assert rollback.stage_index == 0 and f"{metric} fail" in rollback.reason
+    # a slow challenger's calls may also time out first: an error-rate rollback is the same correct outcome
+    allowed = (f"{metric} fail", "error_rate fail") if metric == "latency_p95_ms" else (f"{metric} fail",)
+    assert rollback.stage_index == 0 and any(a in rollback.reason for a in allowed)
     assert registry.aliases() == {"champion": champion}  # challenger alias gone, champion untouched
     assert registry.version(challenger).tags["feedrank.status"] == "rejected"
     assert registry.version(challenger).tags["feedrank.rollout.status"] == "rolled_back"
     audit = [r for r in ctl.store.read_audit() if r["event"] == "transition" and r["action"] == "rollback"]
-    assert len(audit) == 1 and f"{metric} fail" in audit[0]["reason"]
+    assert len(audit) == 1 and any(a in audit[0]["reason"] for a in allowed)
     failed = {c["metric"] for c in audit[0]["details"]["checks"] if c["verdict"] == "fail"}
     assert metric in failed
 
