@@ -28,6 +28,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -260,8 +261,6 @@ def ensure_checked(bundle_dir: str | os.PathLike[str], *, timeout_seconds: float
         pass
     check_bundle_isolated(root, timeout_seconds=timeout_seconds)
     # one temporary name per process *and* thread: replicas in one process check the same folder at once
-    import threading
-
     tmp = root / f"{CHECKED_MARKER}.{os.getpid()}.{threading.get_ident()}.tmp"
     tmp.write_text(digest + "\n")
     os.replace(tmp, marker)
